@@ -1,0 +1,158 @@
+"""model.py against trusted references: Hugging Face `generate` and full forward passes.
+
+Every test builds its own tiny model; nothing is downloaded.
+Run: python -m pytest -q tests/test_model.py
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import model as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tiny") / "model")
+    M.build_tiny(path, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                 intermediate_size=128, seed=1)
+    return path
+
+
+def qwen2_untied(path):
+    """A tiny Qwen2 (untied embeddings, attention biases) saved beside the char tokenizer."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    tok = M.build_tiny_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      tie_word_embeddings=False, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(2)
+    M.save_pretrained_atomic(Qwen2ForCausalLM(cfg), tok, path)
+    return path
+
+
+PROMPTS = ["<s>#problem\na=1\n#solve\n", "<s>x", "<s>a longer prompt, of ragged length!",
+           "<s>12+3"]
+
+
+def test_save_load_identical_logits(tiny, tmp_path):
+    policy, tok = M.load(tiny)
+    ids = torch.tensor(M.encode(tok, ["<s>hello world"]))
+    before = policy.lm(input_ids=ids).logits
+    M.save_hf(policy, tok, str(tmp_path / "again"))
+    again, tok2 = M.load(str(tmp_path / "again"))
+    assert torch.equal(before, again.lm(input_ids=ids).logits)
+    assert tok2.chat_template == M.TINY_CHAT_TEMPLATE
+    assert tok2.decode(M.encode(tok2, ["Answer: 7\n"])[0]) == "Answer: 7\n"
+
+
+def test_load_missing_path_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        M.load(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_greedy_matches_hf_generate(tiny, tmp_path, family):
+    path = tiny if family == "llama" else qwen2_untied(str(tmp_path / "qwen2"))
+    policy, tok = M.load(path)
+    prompts = M.encode(tok, PROMPTS)
+    ids, mask, _ = M.left_pad(prompts, tok.pad_token_id, "cpu")
+    # An untrained model rarely emits eos; take as "eos" a token that greedy decoding emits
+    # early in one row, so rows stop at different steps and the row-dropping path is exercised.
+    probe = M.generate(policy, prompts, 6, eos_id=-1, pad_id=tok.pad_token_id, temperature=0)
+    eos = int(probe.tokens[0, 3])
+    ours = M.generate(policy, prompts, 24, eos, tok.pad_token_id, temperature=0)
+    hf = policy.lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24,
+                            do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    hf_new = hf[:, ids.shape[1]:]
+    width = hf_new.shape[1]
+    assert torch.equal(ours.tokens[:, :width], hf_new)
+    assert (ours.tokens[:, width:] == tok.pad_token_id).all()
+    assert bool(ours.finished[0]) and int(ours.lengths[0]) <= 4
+    assert not bool(ours.finished.all())  # some rows ran to the budget
+
+
+def test_sampled_logprobs_equal_full_forward(tiny):
+    policy, tok = M.load(tiny)
+    prompts = M.encode(tok, PROMPTS)
+    gen = torch.Generator().manual_seed(0)
+    out = M.generate(policy, prompts, 16, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                     temperature=0.8, top_p=0.9, generator=gen)
+    for i, p in enumerate(prompts):
+        new = out.tokens[i, :out.lengths[i]].tolist()
+        full = torch.tensor([p + new])
+        ref = torch.log_softmax(policy.lm(input_ids=full).logits[0].float(), -1)
+        expect = ref[len(p) - 1:-1].gather(-1, torch.tensor(new)[:, None]).squeeze(-1)
+        torch.testing.assert_close(out.logprobs[i, :len(new)], expect, rtol=1e-5, atol=1e-5)
+    teacher = M.token_logprobs(policy, prompts, [out.tokens[i, :n].tolist()
+                                                 for i, n in enumerate(out.lengths)],
+                               tok.pad_token_id)
+    for i, lp in enumerate(teacher):
+        torch.testing.assert_close(lp, out.logprobs[i, :len(lp)], rtol=1e-5, atol=1e-5)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 2000)
+    gen = torch.Generator().manual_seed(0)
+    # softmax = [.64, .24, .09, .03]: top_p .7 keeps the first two tokens only
+    picks = M.pick_tokens(logits, 1.0, 0.7, gen)
+    assert set(picks.tolist()) == {0, 1}
+    share = (picks == 0).float().mean().item()
+    assert abs(share - 0.64 / 0.88) < 0.04
+    assert M.pick_tokens(logits, 1.0, 1e-6, gen).eq(0).all()
+    assert M.pick_tokens(logits, 0, 1.0, gen).eq(0).all()
+
+
+def test_training_state_round_trip(tiny, tmp_path):
+    policy, _ = M.load(tiny)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    policy.lm(input_ids=torch.tensor([[1, 5, 6, 7]]), labels=torch.tensor([[1, 5, 6, 7]])).loss.backward()
+    opt.step()
+    torch.manual_seed(123)
+    M.save_state(policy, opt, str(tmp_path / "state"), {"step": 7})
+    expected_draw = torch.rand(3)
+    params = {k: v.clone() for k, v in policy.state_dict().items()}
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(1.0)
+    opt.state.clear()
+    meta = M.load_state(policy, opt, str(tmp_path / "state"))
+    assert meta == {"step": 7}
+    for k, v in policy.state_dict().items():
+        assert torch.equal(v, params[k]), k
+    assert all("exp_avg" in s for s in opt.state.values()) and len(opt.state) > 0
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert not os.path.exists(str(tmp_path / "state.tmp"))
+
+
+def test_fsdp_two_ranks_match_one_process(tmp_path):
+    """torchrun, 2 CPU ranks, gloo, FSDP2: one optimizer step on a fixed global batch equals the
+    same step in one process; greedy rollouts under the gathered context equal unsharded ones;
+    the exported checkpoint loads."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    worker = os.path.join(ROOT, "tests", "fsdp_worker.py")
+    single = subprocess.run([sys.executable, worker, str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                            "--master_port=29517", worker, str(tmp_path)],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    one = torch.load(tmp_path / "params_world1.pt")
+    two = torch.load(tmp_path / "params_world2.pt")
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5, msg=k)
+    init = torch.load(tmp_path / "params_init.pt")
+    moved = max((one[k] - init[k]).abs().max().item() for k in one)
+    assert moved > 1e-4  # the step really changed the weights
+    assert torch.equal(torch.load(tmp_path / "rollout_world1.pt"),
+                       torch.load(tmp_path / "rollout_world2.pt"))
+    exported, _ = M.load(str(tmp_path / "export_world2"))
+    for k, v in exported.lm.state_dict().items():
+        torch.testing.assert_close(v, one[k], rtol=0, atol=1e-5, msg=k)
