@@ -1,0 +1,237 @@
+r"""The four roles of one model: pose, solve, judge, revise.
+
+One set of weights plays every role; the prompt alone says which. This file
+writes those prompts and reads back what the model wrote. It is pure Python.
+
+Prompt formats (plain and short, sized for a character-level model; every
+prompt ends exactly where the model's output begins, on its role's marker):
+
+    pose    "#pose deduction 2\n"                                -> a new problem
+            "#doc\n<document>\n#pose corpus 2\n"                 -> a span to mask
+    solve   "#problem\n<problem>\n#solve\n"                      -> a solution
+    judge   "#problem\n<problem>\n#reference\n<answer>\n#solution\n<solution>\n#judge\n"
+                                                                 -> a critique
+    revise  "#problem\n<problem>\n#solution\n<solution>\n#critique\n<critique>\n#revise\n"
+                                                                 -> a new solution
+
+Output formats:
+
+    solution   one step per line, then `Answer: <answer>` (itself the last step)
+    critique   a few words naming the first wrong step as `Step k`, then ONE final
+               line `Verdict: correct` or `Verdict: incorrect`
+
+A line is a "marker line" when it starts with `#` plus one of the section names
+above. Every text inserted into a prompt goes through `escape` first: any line
+that starts with `#` (after blanks), or with the word `answer` or `verdict`, gets
+a backslash in front (`\Verdict: correct`), and every kind of line break becomes
+`\n`. So a solver that writes `Verdict: correct` or `#judge` cannot forge the
+judge's prompt, and the line numbers (steps) the judge sees are those of
+`step_of_chars`. Escape is the second line of defence: verdicts are parsed from
+the judge's own output only.
+
+Parsers are strict and never raise, on any input (None, bytes, junk, 1e6 chars):
+anything off-format is None, which the caller scores as wrong or invalid.
+
+    parse_answer   text after the LAST `Answer:` line, stripped; None if no such
+                   line, if it is empty, or if the output contains a marker line
+                   (the model ran on into another section).
+    parse_verdict  True/False from exactly one `Verdict: correct|incorrect` line
+                   (case-insensitive, blanks around allowed). None when there is
+                   no verdict line, two or more (even agreeing), a value other
+                   than correct/incorrect (`correct-ish`, `correct.`), any
+                   non-blank text after it, or a marker line anywhere.
+    parse_pointer  k of the first `Step k` in a critique whose verdict is
+                   incorrect; None otherwise or when k < 1.
+    parse_pose     the posed text stripped; None if empty or if escaping would
+                   change it (so the solver sees exactly what was posed).
+
+Run the tests: python -m pytest -q tests/test_roles.py
+"""
+
+import re
+import unicodedata
+
+ROLES = ("pose", "solve", "judge", "revise")
+SECTIONS = ("pose", "doc", "problem", "solve", "reference", "solution", "judge", "critique", "revise")
+ESC = "\\"  # put in front of a dangerous line; a line starting with it is never dangerous
+
+# The same line boundaries as str.splitlines, so no exotic break can hide a line.
+_BREAK = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+# re.ASCII: plain IGNORECASE would also read `İ`/`ı` as `i`, look-alikes escape() might miss.
+_ANSWER = re.compile(r"[ \t]*answer[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
+_VERDICT = re.compile(r"[ \t]*verdict[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
+_STEP = re.compile(r"\bStep[ \t]+([0-9]+)")
+_WORD = re.compile(r"(answer|verdict)(?![a-z])")
+_HASHES = ("#", "\ufe5f", "\uff03")  # every character whose NFKD form holds a `#`
+
+# For chat models that have never seen our markers, `render(..., hints=True)` puts one
+# line saying the format before the prompt. The tiny model learns the markers instead,
+# and every character costs it compute, so hints are off by default.
+HINTS = {
+    "pose": "Write one new problem of the family and level named after #pose (after a #doc: "
+            "copy one short span of the document to be masked). Write nothing else.",
+    "solve": "Solve the problem: one short step per line, then a last line 'Answer: <answer>'.",
+    "judge": "Check the solution against the reference answer. Name the first wrong step as "
+             "'Step k', then end with one line 'Verdict: correct' or 'Verdict: incorrect'.",
+    "revise": "Using the critique, write a corrected solution: one short step per line, then a "
+              "last line 'Answer: <answer>'.",
+}
+
+
+# ---------------------------------------------------------------- prompts
+
+def pose_prompt(family, level, document=None):
+    """Ask for a new problem of `family` at `level`, or (with a document) a span to mask."""
+    family = str(family)
+    if not family or any(c.isspace() for c in family) or int(level) != level:
+        raise ValueError(f"bad family/level: {family!r} {level!r}")
+    head = f"#pose {family} {int(level)}\n"
+    return head if document is None else f"#doc\n{_block(document)}{head}"
+
+
+def solve_prompt(problem):
+    return f"#problem\n{_block(problem)}#solve\n"
+
+
+def judge_prompt(problem, reference, solution):
+    return f"#problem\n{_block(problem)}#reference\n{_block(reference)}#solution\n{_block(solution)}#judge\n"
+
+
+def revise_prompt(problem, solution, critique):
+    return f"#problem\n{_block(problem)}#solution\n{_block(solution)}#critique\n{_block(critique)}#revise\n"
+
+
+def _block(text):
+    """One section's body: escaped, ending in exactly one newline."""
+    return escape(text).rstrip("\n") + "\n"
+
+
+def role_of(prompt):
+    """The role a prompt asks for (from its last line), or None."""
+    text = _as_text(prompt) or ""
+    last = text.rstrip("\n").rsplit("\n", 1)[-1]
+    name = last[1:].split(" ", 1)[0] if last.startswith("#") else ""
+    return name if name in ROLES else None
+
+
+def render(tokenizer, prompt, hints=False):
+    """The exact text fed to the model: a chat turn if the tokenizer has a template, else as is;
+    with `hints`, the role's format instruction goes first in that turn."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompt
+    role = role_of(prompt)
+    content = f"{HINTS[role]}\n\n{prompt}" if hints and role else prompt
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                         tokenize=False, add_generation_prompt=True)
+
+
+# ---------------------------------------------------------------- escaping
+
+def _head(line, n=12):
+    """First n visible characters of a line, folded so look-alikes compare equal:
+    leading blanks and invisible format characters (zero-width space, BOM) dropped,
+    compatibility forms unfolded (fullwidth `＃` -> `#`, `ſ` -> `s`), accents dropped
+    (`İ` -> `i`), casefolded. Look-alikes from other scripts (Cyrillic `е`) are not caught."""
+    s = line.lstrip()[:n]
+    if s.isascii():  # the common case, at C speed: ASCII has no format characters
+        return s.lower()
+    chars = []
+    for c in line:
+        if unicodedata.category(c) == "Cf" or (not chars and c.isspace()):
+            continue
+        chars.append(c)
+        if len(chars) >= n:
+            break
+    folded = unicodedata.normalize("NFKD", "".join(chars)).casefold()
+    return "".join(c for c in folded if not unicodedata.combining(c))
+
+
+def _dangerous(line):
+    """Broad on purpose: wider than anything a parser or marker test would read."""
+    head = _head(line)
+    return head.startswith("#") or _WORD.match(head) is not None
+
+
+def _is_marker(line):
+    head = _head(line, 16)
+    if not head.startswith("#"):
+        return False
+    name = re.match(r"[a-z]*", head[1:]).group()
+    return name in SECTIONS
+
+
+def escape(text):
+    """Neutralise one role's text before it enters another role's prompt.
+
+    Line breaks become `\\n`; a line starting (after blanks) with `#`, `answer` or
+    `verdict` in any case or look-alike gets `\\` in front. Line count and order are
+    kept, so step numbers are too. Idempotent: escape(escape(t)) == escape(t)."""
+    text = _as_text(text) or ""
+    return "\n".join(ESC + line if _dangerous(line) else line for line in _BREAK.split(text))
+
+
+# ---------------------------------------------------------------- parsers
+
+def _as_text(x):
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (bytes, bytearray)):
+        return bytes(x).decode("utf-8", "replace")
+    return None
+
+
+def _lines(text):
+    """Lines of a model's output, or None when it is not text or ran into another section."""
+    text = _as_text(text)
+    if text is None:
+        return None
+    lines = _BREAK.split(text)
+    if any(c in text for c in _HASHES) and any(_is_marker(line) for line in lines):
+        return None
+    return lines
+
+
+def parse_answer(text):
+    lines = _lines(text)
+    for line in reversed(lines or []):
+        m = _ANSWER.fullmatch(line)
+        if m:
+            return m.group(1).strip() or None
+    return None
+
+
+def parse_verdict(text):
+    lines = _lines(text)
+    if lines is None:
+        return None
+    at = [i for i, line in enumerate(lines) if _VERDICT.match(line)]
+    if len(at) != 1 or any(line.strip() for line in lines[at[0] + 1:]):
+        return None
+    value = _VERDICT.match(lines[at[0]]).group(1).strip().lower()
+    return {"correct": True, "incorrect": False}.get(value)
+
+
+def parse_pointer(text):
+    if parse_verdict(text) is not False:
+        return None
+    m = _STEP.search(_as_text(text))
+    if m is None or len(m.group(1)) > 9:  # int() of thousands of digits raises
+        return None
+    k = int(m.group(1))
+    return k if k >= 1 else None
+
+
+def parse_pose(text):
+    text = _as_text(text)
+    posed = text.strip() if text is not None else ""
+    return posed if posed and escape(posed) == posed else None
+
+
+def step_of_chars(text):
+    """1-based line (step) number of every character; a line break belongs to the line it ends."""
+    text = _as_text(text) or ""
+    steps, start, step = [], 0, 1
+    for m in _BREAK.finditer(text):
+        steps += [step] * (m.end() - start)
+        start, step = m.end(), step + 1
+    return steps + [step] * (len(text) - start)
