@@ -1,0 +1,598 @@
+r"""Evaluation: how well one model solves, judges, corrects itself and poses, on held-out items.
+
+Every metric runs the model through the same role prompts as training (roles.py) and scores
+what it wrote with the environment (tasks.py), never with the model's own opinion. The model
+enters only as a `generate_fn(prompts, temperature) -> texts`: plain role prompts in
+(roles.solve_prompt etc., not yet rendered), completion texts out, temperature 0 = greedy.
+`model_generate_fn` builds one from a policy (it renders, batches and seeds the sampler); the
+tests pass scripted doubles instead.
+
+Held-out items. `held_out(families, levels, n, seed)` draws `tasks.sample(..., split="eval")`
+items (never seen in training), spread evenly over families x levels, each cell from its own
+rng seeded by (seed, family, level): the same seed gives the same items to every model, and a
+smaller n gives a prefix of the same cells. Within a cell a repeated problem is redrawn a few
+times (small cells, like induction level 1, may still hold repeats; `distinct` reports it).
+Items come level-major round-robin, so any prefix (used by judge and self-correction) is
+spread over every cell too.
+
+Metrics. Each item i gives a value x_i in [0, 1]; over n items we report
+    mean  p  = (1/n) sum_i x_i
+    se       = sqrt( (1/n) sum_i (x_i - p)^2 / n )     (for 0/1 values: sqrt(p (1 - p) / n))
+overall, per family, per level and per family x level ("cell", keys "family/level").
+  accuracy (greedy)  x_i = 1 if the `Answer:` line of the greedy solution passes tasks.check.
+                     The contract key `accuracy` holds these means ({"overall", <family>...}).
+  pass@j at T        k = `samples` draws per item at `temperature`, c_i of them correct;
+                     x_i = 1 - C(k - c_i, j) / C(k, j), the unbiased estimate of "one of j draws
+                     is correct", for j in (1, k). pass@1 = c_i / k: the accuracy of one draw.
+  judge agreement    for each of n_judge items two judge prompts (problem, reference answer,
+                     solution): the reference solution (truth: correct) and tasks.corrupt's
+                     one-step corruption of it (truth: incorrect); greedy critique;
+                     x = 1 if parse_verdict equals the truth (no verdict counts as 0).
+                     `on_correct` / `on_incorrect`: the mean within each class, so a judge that
+                     always says "correct" scores 1.0 / 0.0 and agreement 0.5.
+  self-correction    on n_judge items: s = the greedy solution, then the model judges s (judge
+                     prompt with the reference answer, as in training); unless its verdict is
+                     "correct" it revises s given its own critique, and the final answer is the
+                     revision's (else s's). Over all n_judge items:
+                         wrong_to_right = #(s wrong, final right) / n
+                         right_to_wrong = #(s right, final wrong) / n
+                     so accuracy after - before = wrong_to_right - right_to_wrong (`net`).
+                     `verdict_agreement`: its verdict on its own s against tasks.check.
+  posing             n_pose pose prompts spread over families x levels (corpus: with a fresh
+                     tasks.document), sampled at `temperature`.
+                         validity   = share where parse_pose reads a posing and
+                                      tasks.validate returns a Task (contract: pose_validity)
+                         distinct   = distinct valid problems / valid ones
+                         solve_rate = greedy accuracy on the valid posings (None if none)
+
+Data sets. With `data=FILE` (JSONL {"question", "answer"}, tasks.load_eval_set), accuracy and
+self-correction use that file's items (family "jsonl", level 0; the first n if n is given).
+Free-form items have no reference solutions to corrupt and no validator for posings, so judge
+agreement and posing still use the task families' held-out items; `n_judge=0` / `n_pose=0`
+skip them (their figures are then null and named in `skipped`).
+
+Cost, in generations: n greedy + n * samples sampled solutions, 2 n_judge judgements, up to
+3 n_judge self-correction calls (its solutions are the greedy ones, reused), 2 n_pose posing
+calls. Defaults: n = 600, samples = 4, n_judge = 200, n_pose = 100.
+
+Run:
+    python eval.py --model=DIR --out=FILE.json [--families deduction induction] [--levels 3 4 5]
+        [--n=600] [--data=FILE.jsonl] [--samples=4] [--temperature=0.8] [--seed=0]
+        [--n_judge=200] [--n_pose=100] [--max_new_tokens=256] [--batch_size=64] [--hints]
+    python eval.py --plot=RUN_DIR          (RUN_DIR/metrics.jsonl -> RUN_DIR/curves.png)
+The JSON is written atomically; a table goes to stdout, progress to stderr. Under FSDP,
+call `evaluate` inside `model.gathered_for_rollout(policy)` on every rank.
+Tests: python -m pytest -q tests/test_eval.py
+"""
+import argparse
+import collections
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+
+import torch
+
+import model
+import roles
+import tasks
+
+DEFAULT_N = 600
+REDRAWS = 10  # tries for a problem not yet in its cell before a repeat is accepted
+# learning curves drawn by --plot when present (plus any other reward/* and acc/* key)
+CURVES = ("reward/pose", "reward/solve", "reward/judge", "reward/revise", "acc/solve",
+          "judge_agreement", "pose_validity", "loss", "entropy")
+NO_MATPLOTLIB = "matplotlib is not installed, so no curves were drawn (pip install matplotlib)"
+
+
+# ----------------------------------------------------------------------------- the model
+
+def model_generate_fn(policy, tokenizer, max_new_tokens=256, batch_size=64, seed=0, hints=False,
+                      top_p=1.0):
+    """generate_fn for a loaded model: render each role prompt, decode, return the texts.
+    Temperature 0 is greedy; sampling draws from one torch.Generator seeded once, so a run is
+    reproducible on the same machine."""
+    device = policy.lm.get_output_embeddings().weight.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def generate_fn(prompts, temperature):
+        rendered = [roles.render(tokenizer, p, hints=hints) for p in prompts]
+        done = model.complete(policy, tokenizer, rendered, max_new_tokens, temperature=temperature,
+                              top_p=top_p, generator=generator, batch_size=batch_size)
+        return [c.text for c in done]
+
+    return generate_fn
+
+
+# ----------------------------------------------------------------------------- items and statistics
+
+def cells_of(families, levels):
+    """(family, level) cells, level-major, so a round-robin prefix covers every family early."""
+    return [(f, lv) for lv in levels for f in families]
+
+
+def check_cells(families, levels):
+    """ValueError naming the valid ones when a family or level is unknown (or none is given)."""
+    bad = [f for f in families if f not in tasks.FAMILIES] + [lv for lv in levels if lv not in tasks.LEVELS]
+    if bad or not families or not levels:
+        raise ValueError(f"unknown family or level {', '.join(map(str, bad)) or '(none given)'}; families "
+                         f"are {', '.join(tasks.FAMILIES)}, levels {', '.join(map(str, tasks.LEVELS))}")
+
+
+def held_out(families=tasks.FAMILIES, levels=tasks.LEVELS, n=DEFAULT_N, seed=0):
+    """n held-out tasks spread evenly over the cells, in round-robin order (see module doc)."""
+    cells = cells_of(families, levels)
+    counts = [n // len(cells) + (i < n % len(cells)) for i in range(len(cells))]
+    drawn = []
+    for (family, level), k in zip(cells, counts):
+        rng = random.Random(f"alive-eval:{seed}:{family}:{level}")
+        items, seen = [], set()
+        while len(items) < k:
+            for _ in range(REDRAWS):
+                task = tasks.sample(family, level, rng, split="eval")
+                if task.prompt not in seen:
+                    break
+            items.append(task)
+            seen.add(task.prompt)
+        drawn.append(items)
+    return [items[j] for j in range(max(counts, default=0)) for items in drawn if j < len(items)]
+
+
+def mean_se(values):
+    """{"mean", "se", "n"} of per-item values; mean and se are None for no items."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "se": None, "n": 0}
+    p = sum(values) / n
+    var = sum((x - p) ** 2 for x in values) / n
+    return {"mean": round(p, 6), "se": round(math.sqrt(var / n), 6), "n": n}
+
+
+def breakdown(values, keys):
+    """mean_se overall, per family, per level and per cell; keys[i] = (family, level) of item i."""
+    out = {"overall": mean_se(values), "family": {}, "level": {}, "cell": {}}
+    for name, key in (("family", lambda f, lv: f), ("level", lambda f, lv: str(lv)),
+                      ("cell", lambda f, lv: f"{f}/{lv}")):
+        groups = collections.defaultdict(list)
+        for v, (f, lv) in zip(values, keys):
+            groups[key(f, lv)].append(v)
+        out[name] = {g: mean_se(vs) for g, vs in groups.items()}
+    return out
+
+
+def means(table):
+    """{"overall": p, <family>: p, ...} from a breakdown: the contract's accuracy layout."""
+    return {"overall": table["overall"]["mean"], **{f: s["mean"] for f, s in table["family"].items()}}
+
+
+def pass_at(k, c, j):
+    """Unbiased pass@j from k draws with c correct: 1 - C(k-c, j) / C(k, j)."""
+    return 1.0 - math.comb(k - c, j) / math.comb(k, j)
+
+
+def score(task, text):
+    """1.0 when the solver's own `Answer:` line is right, else 0.0 (no Answer line is wrong)."""
+    answer = roles.parse_answer(text)
+    return float(answer is not None and tasks.check(task, answer))
+
+
+# ----------------------------------------------------------------------------- the metrics
+
+def solver_metrics(generate_fn, items, samples, temperature):
+    """Greedy accuracy and pass@j at temperature; also the greedy texts and scores for reuse."""
+    keys = [(t.family, t.level) for t in items]
+    prompts = [roles.solve_prompt(t.prompt) for t in items]
+    greedy = generate_fn(prompts, 0.0)
+    correct = [score(t, x) for t, x in zip(items, greedy)]
+    out = {"greedy": breakdown(correct, keys), "sampled": None}
+    if samples > 0:
+        drawn = generate_fn(prompts * samples, temperature)  # draw s of item i at s * len + i
+        hits = [int(sum(score(t, drawn[s * len(items) + i]) for s in range(samples)))
+                for i, t in enumerate(items)]
+        out["sampled"] = {"temperature": temperature, "samples": samples}
+        for j in sorted({1, samples}):
+            out["sampled"][f"pass@{j}"] = breakdown([pass_at(samples, c, j) for c in hits], keys)
+    return out, greedy, correct
+
+
+def judge_metrics(generate_fn, items, seed):
+    """Agreement of greedy verdicts with the truth on reference vs corrupted solutions."""
+    rng = random.Random(f"alive-eval-corrupt:{seed}")
+    cases = []  # (task, solution, truth)
+    for t in items:
+        cases += [(t, tasks.solve(t), True), (t, tasks.corrupt(t, rng)[0], False)]
+    texts = generate_fn([roles.judge_prompt(t.prompt, t.answer, s) for t, s, _ in cases], 0.0)
+    verdicts = [roles.parse_verdict(x) for x in texts]
+    agree = [float(v is not None and v == truth) for v, (_, _, truth) in zip(verdicts, cases)]
+    keys = [(t.family, t.level) for t, _, _ in cases]
+    return {"agreement": breakdown(agree, keys),
+            "on_correct": mean_se([a for a, c in zip(agree, cases) if c[2]]),
+            "on_incorrect": mean_se([a for a, c in zip(agree, cases) if not c[2]]),
+            "says_correct": mean_se([float(v is True) for v in verdicts]),
+            "unparsed": mean_se([float(v is None) for v in verdicts])}
+
+
+def self_correction_metrics(generate_fn, items, solutions, before):
+    """Own verdict on own greedy solution; revise unless "correct"; count the answer flips."""
+    critiques = generate_fn([roles.judge_prompt(t.prompt, t.answer, s)
+                             for t, s in zip(items, solutions)], 0.0)
+    verdicts = [roles.parse_verdict(c) for c in critiques]
+    redo = [i for i, v in enumerate(verdicts) if v is not True]
+    revisions = generate_fn([roles.revise_prompt(items[i].prompt, solutions[i], critiques[i])
+                             for i in redo], 0.0) if redo else []
+    after = list(before)
+    for i, text in zip(redo, revisions):
+        after[i] = score(items[i], text)
+    n = len(items)
+    w2r = sum(1 for b, a in zip(before, after) if not b and a)
+    r2w = sum(1 for b, a in zip(before, after) if b and not a)
+    wrong = sum(1 for b in before if not b)
+    return {"wrong_to_right": w2r / n, "right_to_wrong": r2w / n, "net": (w2r - r2w) / n,
+            "n": n, "count_wrong_to_right": w2r, "count_right_to_wrong": r2w,
+            "wrong_to_right_given_wrong": w2r / wrong if wrong else None,
+            "right_to_wrong_given_right": r2w / (n - wrong) if n > wrong else None,
+            "before": mean_se(before), "after": mean_se(after), "revised": len(redo) / n,
+            "verdict_agreement": mean_se([float(v is not None and v == bool(b))
+                                          for v, b in zip(verdicts, before)])}
+
+
+def pose_metrics(generate_fn, families, levels, n_pose, seed, temperature):
+    """Share of valid posings (environment decides), how many distinct, and the solve rate."""
+    rng = random.Random(f"alive-eval-pose:{seed}")
+    cells = cells_of(families, levels)
+    asks = []  # (family, level, document)
+    for i in range(n_pose):
+        family, level = cells[i % len(cells)]
+        asks.append((family, level, tasks.document(rng, level) if family == "corpus" else None))
+    texts = generate_fn([roles.pose_prompt(f, lv, doc) for f, lv, doc in asks], temperature)
+    results = []
+    for (family, level, doc), text in zip(asks, texts):
+        posed = roles.parse_pose(text)
+        results.append(tasks.validate(family, posed, level, document=doc) if posed is not None
+                       else "no posing could be read")
+    valid = [r for r in results if isinstance(r, tasks.Task)]
+    solved = generate_fn([roles.solve_prompt(t.prompt) for t in valid], 0.0) if valid else []
+    reasons = collections.Counter(r for r in results if isinstance(r, str))
+    return {"validity": breakdown([float(isinstance(r, tasks.Task)) for r in results],
+                                  [(f, lv) for f, lv, _ in asks]),
+            "distinct": len({t.prompt for t in valid}) / len(valid) if valid else None,
+            "solve_rate": mean_se([score(t, x) for t, x in zip(valid, solved)]),
+            "invalid_reasons": dict(reasons.most_common(5))}
+
+
+def evaluate(generate_fn, families=tasks.FAMILIES, levels=tasks.LEVELS, n=None, seed=0, samples=4,
+             temperature=0.8, data=None, n_judge=200, n_pose=100, log=None):
+    """Every metric of the module docstring as one JSON-able dict (contract keys on top).
+
+    n: held-out solver items (None: 600; with data, every item of it). data: a JSONL path or a
+    list of Tasks. log: called with one progress line per phase (None: silent)."""
+    families, levels = tuple(families), tuple(levels)
+    check_cells(families, levels)
+    if (n is not None and n < 1) or samples < 0 or n_judge < 0 or n_pose < 0 or temperature < 0:
+        raise ValueError("need n >= 1 and samples, n_judge, n_pose, temperature >= 0")
+    log = log or (lambda line: None)
+    clock, seconds = time.time(), {}
+
+    def lap(name):
+        nonlocal clock
+        seconds[name] = round(time.time() - clock, 2)
+        clock = time.time()
+        log(f"{name}: {seconds[name]:.1f} s")
+
+    if data is None:
+        items = held_out(families, levels, n or DEFAULT_N, seed)
+    else:
+        items = tasks.load_eval_set(data) if isinstance(data, (str, os.PathLike)) else list(data)
+        items = items[:n] if n else items
+    lap("items")
+    solver, greedy, correct = solver_metrics(generate_fn, items, samples, temperature)
+    lap(f"solve ({len(items)} greedy + {len(items) * samples} sampled)")
+
+    skipped, judge, fixes, pose = [], None, None, None
+    if n_judge:
+        judged = items[:n_judge] if data is None else held_out(families, levels, n_judge, seed)
+        judge = judge_metrics(generate_fn, judged, seed)
+        lap(f"judge ({2 * len(judged)} judgements)")
+        k = min(n_judge, len(items))
+        fixes = self_correction_metrics(generate_fn, items[:k], greedy[:k], correct[:k])
+        lap(f"self-correction ({k} items)")
+    else:
+        skipped += ["judge", "self_correction"]
+    if n_pose:
+        pose = pose_metrics(generate_fn, families, levels, n_pose, seed, temperature)
+        lap(f"pose ({n_pose} posings)")
+    else:
+        skipped.append("pose")
+
+    greedy_table = solver["greedy"]
+    return {
+        "n": len(items),
+        "accuracy": means(greedy_table),
+        "accuracy_se": {"overall": greedy_table["overall"]["se"],
+                        **{f: s["se"] for f, s in greedy_table["family"].items()}},
+        "accuracy_by_level": {lv: s["mean"] for lv, s in greedy_table["level"].items()},
+        "accuracy_by_level_se": {lv: s["se"] for lv, s in greedy_table["level"].items()},
+        "judge_agreement": judge["agreement"]["overall"]["mean"] if judge else None,
+        "self_correction": fixes or {"wrong_to_right": None, "right_to_wrong": None},
+        "pose_validity": pose["validity"]["overall"]["mean"] if pose else None,
+        "greedy": greedy_table,
+        "sampled": solver["sampled"],
+        "judge": judge,
+        "pose": pose,
+        "distinct": len({t.prompt for t in items}),
+        "skipped": skipped,
+        "config": {"families": list(families), "levels": list(levels), "seed": seed,
+                   "samples": samples, "temperature": temperature, "n_judge": n_judge,
+                   "n_pose": n_pose, "data": str(data) if isinstance(data, (str, os.PathLike)) else
+                   (None if data is None else "in-memory")},
+        "seconds": seconds,
+    }
+
+
+# ----------------------------------------------------------------------------- the table
+
+def _cell(stat):
+    return "-" if not stat or stat["mean"] is None else f"{stat['mean']:.3f}±{stat['se']:.3f}"
+
+
+def grid(table, title):
+    """Rows = levels, columns = families, with the overall row and column."""
+    families = list(table["family"])
+    rows = [title, "level  " + "".join(f"{f:>15}" for f in families) + f"{'all':>15}"]
+    for lv in table["level"]:
+        rows.append(f"{lv:<7}" + "".join(f"{_cell(table['cell'].get(f'{f}/{lv}')):>15}" for f in families)
+                    + f"{_cell(table['level'][lv]):>15}")
+    rows.append(f"{'all':<7}" + "".join(f"{_cell(table['family'][f]):>15}" for f in families)
+                + f"{_cell(table['overall']):>15}")
+    return "\n".join(rows)
+
+
+def pooled(stats):
+    """Mean and standard error of several {"mean", "se", "n"} cells taken as one sample."""
+    cells = [c for c in stats if c and c["mean"] is not None and c["n"]]
+    n = sum(c["n"] for c in cells)
+    if not n:
+        return None
+    p = sum(c["mean"] * c["n"] for c in cells) / n
+    return {"mean": p, "se": math.sqrt(p * (1 - p) / n), "n": n}
+
+
+def comparison_table(reports):
+    """A markdown table with one column per evaluated model (`{name: evaluate(...)}`)."""
+    names = list(reports)
+    levels = sorted({lv for r in reports.values() for lv in r["greedy"]["level"]}, key=int)
+    rows = [("accuracy, all levels", lambda r: r["greedy"]["overall"])]
+    rows += [(f"accuracy, level {lv}", lambda r, lv=lv: r["greedy"]["level"].get(lv))
+             for lv in levels]
+    rows.append(("accuracy, levels 3 and up", lambda r: pooled(
+        [r["greedy"]["level"].get(lv) for lv in levels if int(lv) >= 3])))
+    rows.append((f"pass@1 sampled", lambda r: (r["sampled"] or {}).get("pass@1", {}).get("overall")))
+    rows.append(("judge agreement", lambda r: (r["judge"] or {}).get("agreement", {}).get("overall")))
+    out = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, get in rows:
+        out.append(f"| {label} | " + " | ".join(_cell(get(reports[n])) for n in names) + " |")
+    for label, key in (("self-correction wrong->right", "wrong_to_right"),
+                       ("self-correction right->wrong", "right_to_wrong"),
+                       ("self-correction net", "net")):
+        out.append(f"| {label} | " + " | ".join(
+            "-" if reports[n]["self_correction"] is None else
+            f"{reports[n]['self_correction'][key]:+.3f}" for n in names) + " |")
+    out.append("| pose validity | " + " | ".join(
+        "-" if reports[n]["pose_validity"] is None else f"{reports[n]['pose_validity']:.3f}"
+        for n in names) + " |")
+    out.append("| held-out items (n) | " + " | ".join(str(reports[n]["n"]) for n in names) + " |")
+    return "\n".join(out)
+
+
+def format_report(report):
+    """A short plain-text summary of `evaluate`'s dict."""
+    out = [grid(report["greedy"], f"greedy accuracy ± standard error, {report['n']} held-out items "
+                                  f"({report['distinct']} distinct)")]
+    sampled = report["sampled"]
+    if sampled:
+        out.append(grid(sampled["pass@1"], f"pass@1 at T={sampled['temperature']} "
+                                           f"({sampled['samples']} draws per item)"))
+        k = sampled["samples"]
+        out.append(f"pass@{k} at T={sampled['temperature']}: {_cell(sampled[f'pass@{k}']['overall'])}")
+    judge = report["judge"]
+    if judge:
+        out.append(f"judge agreement {_cell(judge['agreement']['overall'])} over "
+                   f"{judge['agreement']['overall']['n']} judgements (on correct "
+                   f"{_cell(judge['on_correct'])}, on incorrect {_cell(judge['on_incorrect'])}, "
+                   f"no verdict {judge['unparsed']['mean']:.3f})")
+        s = report["self_correction"]
+        out.append(f"self-correction on {s['n']} items: wrong->right {s['wrong_to_right']:.3f}, "
+                   f"right->wrong {s['right_to_wrong']:.3f}, net {s['net']:+.3f} (accuracy "
+                   f"{s['before']['mean']:.3f} -> {s['after']['mean']:.3f}, revised {s['revised']:.3f})")
+    pose = report["pose"]
+    if pose:
+        distinct = "-" if pose["distinct"] is None else f"{pose['distinct']:.3f}"
+        out.append(f"posing: validity {_cell(pose['validity']['overall'])} of "
+                   f"{pose['validity']['overall']['n']}, distinct {distinct}, solve rate "
+                   f"{_cell(pose['solve_rate'])} on {pose['solve_rate']['n']} valid")
+    if report["skipped"]:
+        out.append(f"skipped: {', '.join(report['skipped'])}")
+    return "\n\n".join(out)
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+def read_metrics(path):
+    """Rows of a run's metrics.jsonl (a run directory or the file); unreadable lines skipped,
+    since a run still being written may end in half a line."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def curve_keys(runs):
+    """Known curve keys present as numbers in any run, then other reward/* and acc/* keys."""
+    present = {k for rows in runs for row in rows for k, v in row.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    extra = sorted(k for k in present - set(CURVES) if k.startswith(("reward/", "acc/")))
+    return [k for k in CURVES if k in present] + extra
+
+
+def steps_of(rows):
+    """x of each row: its `step` (else its index), shifted at a change of stage so that the new
+    stage starts after the last one ended, since each stage counts its steps from 0 again."""
+    xs, offset = [], 0
+    for i, row in enumerate(rows):
+        step = row.get("step", i)
+        step = step if isinstance(step, (int, float)) and not isinstance(step, bool) else i
+        if xs and step + offset <= xs[-1] and row.get("stage") != rows[i - 1].get("stage"):
+            offset = xs[-1] + 1 - step
+        xs.append(step + offset)
+    return xs
+
+
+def plot_curves(runs, out_png, labels=None):
+    """One subplot per curve key, one line per run (run directories or metrics.jsonl files).
+    Returns out_png, or None (after a one-line message on stderr) without matplotlib."""
+    runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
+    labels = list(labels) if labels else [os.path.basename(os.path.normpath(str(r))) for r in runs]
+    tables = [read_metrics(r) for r in runs]
+    keys = curve_keys(tables)
+    if not keys:
+        raise ValueError(f"no curves to draw in {', '.join(map(str, runs))} "
+                         f"(known keys: {', '.join(CURVES)})")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(NO_MATPLOTLIB, file=sys.stderr)
+        return None
+    cols = 1 if len(keys) == 1 else 2
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for rows_of_run, label in zip(tables, labels):
+            points = [(x, r[key]) for x, r in zip(steps_of(rows_of_run), rows_of_run)
+                      if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+            if points:
+                ax.plot(*zip(*points), label=label, linewidth=1)
+        if len(tables) == 1:  # where each stage of the run begins
+            xs = steps_of(tables[0])
+            for x, row, prev in zip(xs[1:], tables[0][1:], tables[0]):
+                if row.get("stage") != prev.get("stage"):
+                    ax.axvline(x, color="gray", linestyle=":", linewidth=1)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    if len(runs) > 1:
+        axes.flat[0].legend(fontsize="small")
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(out_png))
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
+    os.close(fd)
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+    return out_png
+
+
+# ----------------------------------------------------------------------------- command line
+
+def write_json(obj, path):
+    """Write obj as JSON atomically: a temp file in the same folder, then os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=1)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _words(values):
+    """`--families a b` and `--families=a,b` alike."""
+    return [w for v in values or [] for w in v.split(",") if w]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Evaluate a model on held-out items, or plot a run.",
+                                     exit_on_error=False)
+    parser.add_argument("--model", help="Hugging Face model directory to evaluate")
+    parser.add_argument("--out", help="JSON file to write (atomically); without it, print only")
+    parser.add_argument("--families", nargs="+", help=f"subset of {', '.join(tasks.FAMILIES)}")
+    parser.add_argument("--levels", nargs="+", help="subset of 1 2 3 4 5")
+    parser.add_argument("--n", type=int, help=f"held-out solver items (default {DEFAULT_N}; "
+                                              "with --data: all of it)")
+    parser.add_argument("--data", help="JSONL eval set {question, answer} instead of task families")
+    parser.add_argument("--samples", type=int, default=4, help="draws per item at --temperature")
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
+    parser.add_argument("--seed", type=int, default=0, help="items and sampler seed")
+    parser.add_argument("--n_judge", type=int, default=200, help="judge / self-correction items")
+    parser.add_argument("--n_pose", type=int, default=100, help="pose prompts")
+    parser.add_argument("--max_new_tokens", type=int, default=256, help="budget of every output")
+    parser.add_argument("--batch_size", type=int, default=64, help="prompts per decode batch")
+    parser.add_argument("--hints", action="store_true", help="prefix each prompt with its format")
+    parser.add_argument("--plot", help="run directory (or several, comma separated): draw curves.png")
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        raise ValueError(f"unknown argument(s) {' '.join(extra)}; see --help")
+    args.families = _words(args.families) or list(tasks.FAMILIES)
+    try:
+        args.levels = [int(w) for w in _words(args.levels)] or list(tasks.LEVELS)
+    except ValueError:
+        raise ValueError(f"--levels takes numbers in {tasks.LEVELS}") from None
+    check_cells(args.families, args.levels)
+    if not args.model and not args.plot:
+        raise ValueError("give --model=DIR to evaluate or --plot=RUN_DIR to draw curves")
+    if args.max_new_tokens < 1 or args.batch_size < 1 or (args.n is not None and args.n < 1):
+        raise ValueError("--n, --max_new_tokens and --batch_size must be >= 1")
+    if min(args.samples, args.n_judge, args.n_pose, args.temperature) < 0:
+        raise ValueError("--samples, --n_judge, --n_pose and --temperature must be >= 0")
+    return args
+
+
+def main(argv=None):
+    """Exit status: 0 done, 1 a requested plot was not drawn (no matplotlib), 2 a usage error.
+    Only the user's inputs (flags, files, model directory) are caught as one-line errors."""
+    try:
+        args = parse_args(argv)
+        status = 0
+        if args.plot:
+            runs = [r for r in args.plot.split(",") if r]
+            folder = runs[0] if os.path.isdir(runs[0]) else os.path.dirname(os.path.abspath(runs[0]))
+            drawn = plot_curves(runs, os.path.join(folder, "curves.png"))
+            print(f"curves: {drawn}" if drawn else "curves: not drawn")
+            status = 0 if drawn else 1
+        if not args.model:
+            return status
+        data = tasks.load_eval_set(args.data) if args.data is not None else None
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        policy, tokenizer = model.load(args.model, dtype=dtype, device=device)
+    except (argparse.ArgumentError, ValueError, OSError) as e:
+        print(f"eval.py: error: {e}", file=sys.stderr)
+        return 2
+    generate_fn = model_generate_fn(policy, tokenizer, args.max_new_tokens, args.batch_size,
+                                    args.seed, args.hints)
+    report = evaluate(generate_fn, args.families, args.levels, args.n, args.seed, args.samples,
+                      args.temperature, data, args.n_judge, args.n_pose,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))
+    report["config"].update(model=args.model, data=args.data)
+    if args.out:
+        write_json(report, args.out)
+    print(format_report(report))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
