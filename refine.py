@@ -298,6 +298,28 @@ def near_duplicate(texts, threshold=0.8, n=3):
     return marks
 
 
+def duplicate_posings(problems, families, threshold=0.8):
+    """Mark posings that repeat an earlier valid posing of the batch (exactly or nearly).
+
+    problems: the canonical problem text of each valid posing, None for invalid ones. Lines
+    shared by every posing of a family (its template: "Find a,b,c ... so that all hold:") are
+    removed before comparing, or every instance of a family would look like every other;
+    then `near_duplicate` on what is left. Exact repeats are always marked."""
+    shared = {}
+    for p, f in zip(problems, families):
+        if p is not None:
+            lines = set(p.split("\n"))
+            shared[f] = shared[f] & lines if f in shared else lines
+    keys = [f"<invalid {i}>" if p is None else
+            "\n".join(line for line in p.split("\n") if line not in shared[f])
+            for i, (p, f) in enumerate(zip(problems, families))]
+    near, seen, marked = near_duplicate(keys, threshold), set(), []
+    for p, n in zip(problems, near):
+        marked.append(p is not None and (n or p in seen))
+        seen.add(p)
+    return marked
+
+
 def poser_rewards(solve_rates, valid, duplicate, invalid_reward=-1.0, duplicate_reward=-1.0):
     """Learnability reward of each posing.
 

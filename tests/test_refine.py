@@ -4,6 +4,8 @@ Run: python -m pytest -q tests/test_refine.py
 """
 import math
 
+import refine
+
 import pytest
 import torch
 
@@ -132,3 +134,14 @@ def test_refine_rounds_stops_without_gain_and_at_max_rounds():
     assert [h[0] for h in refine_rounds(solve, judge, revise, "P", 5)] == ["s0", "s1", "s2", "s3"]
     assert [h[0] for h in refine_rounds(solve, judge, revise, "P", 1)] == ["s0", "s1"]
     assert [h[0] for h in refine_rounds(solve, judge, revise, "P", 0)] == ["s0"]
+
+
+def test_duplicate_posings_ignore_the_family_template():
+    header = "Find a,b,c (1=true, 0=false) so that all hold:"
+    problems = [f"{header}\nc&b\nc->b\n~a", f"{header}\na|b\n~b\nc^a",
+                f"{header}\nc&b\nc->b\n~a", None, "Rule: add.\nSequence: 1, 2, ?"]
+    families = ["deduction", "deduction", "deduction", "deduction", "induction"]
+    # the second differs only below the shared header: not a duplicate; the third repeats the
+    # first exactly; an invalid posing is never a duplicate
+    assert refine.duplicate_posings(problems, families) == [False, False, True, False, False]
+    assert refine.near_duplicate([f"{header}\nc&b", f"{header}\na|b"]) == [False, True]
