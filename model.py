@@ -198,6 +198,37 @@ def generate(policy, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, t
     return Rollout(tokens.clone(), logprobs.clone(), lengths.clone(), finished)
 
 
+@dataclass
+class Completion:
+    prompt_ids: list   # the rendered prompt's token ids
+    ids: list          # the new token ids, eos included when it came
+    logprobs: list     # log pi_old of each new token
+    text: str          # the new tokens decoded, eos and padding dropped
+    finished: bool     # ended at eos
+
+
+def complete(policy, tokenizer, prompts, max_new_tokens, temperature=1.0, top_p=1.0,
+             generator=None, batch_size=64):
+    """Sample one completion per rendered prompt string, `batch_size` prompts per decode loop.
+
+    Prompts are sorted by length first so that each batch pads little."""
+    prompt_ids = encode(tokenizer, prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
+    out = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        roll = generate(policy, [prompt_ids[i] for i in rows], max_new_tokens,
+                        tokenizer.eos_token_id, tokenizer.pad_token_id, temperature, top_p,
+                        generator)
+        for j, i in enumerate(rows):
+            n = int(roll.lengths[j])
+            ids = roll.tokens[j, :n].tolist()
+            out[i] = Completion(prompt_ids[i], ids, roll.logprobs[j, :n].tolist(),
+                                tokenizer.decode(ids, skip_special_tokens=True),
+                                bool(roll.finished[j]))
+    return out
+
+
 # ----------------------------------------------------------------------------- teacher forcing
 
 @dataclass
@@ -262,6 +293,11 @@ def setup_distributed():
 
     Returns (rank, world_size, device).
     """
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+            else torch.device("cpu")
+        return rank, world, device
     if "RANK" not in os.environ:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return 0, 1, torch.device(device)

@@ -1,0 +1,234 @@
+"""train.py end to end on a tiny model: every stage, resume, kill -9, errors, and torchrun.
+
+Small step counts, a one-layer model, short completions: seconds per stage.
+Run: python -m pytest -q tests/test_train.py
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import model as M
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--max_new_tokens=24", "--seeds=2", "--posings=2", "--solutions=2", "--batch=8",
+        "--eval_n=8", "--save_every=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tiny") / "model")
+    M.build_tiny(path, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                 intermediate_size=64, seed=0)
+    return path
+
+
+def run(*args):
+    return train.run(train.parse_args(list(args) + FAST))
+
+
+def lines(path):
+    with open(path) as f:
+        return [json.loads(x) for x in f]
+
+
+def weights(model_dir):
+    return load_file(os.path.join(model_dir, "model.safetensors"))
+
+
+def test_warmup_writes_model_metrics_and_learns_something(tiny, tmp_path):
+    out = str(tmp_path / "warm")
+    run("--stage=warmup", f"--model={tiny}", f"--out={out}", "--steps=3")
+    log = lines(os.path.join(out, "metrics.jsonl"))
+    assert [x["step"] for x in log] == [0, 1, 2]
+    for key in ("loss", "entropy", "grad_norm", "tokens_per_s", "stage"):
+        assert key in log[0]
+    assert all(x["loss"] > 0 and x["skipped"] == 0 for x in log)
+    before, after = weights(tiny), weights(os.path.join(out, "model"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("reward", ["verbal", "scalar"])
+def test_alive_both_rewards(tiny, tmp_path, reward):
+    out = str(tmp_path / reward)
+    run("--stage=alive", f"--model={tiny}", f"--out={out}", "--steps=2", f"--reward={reward}")
+    log = lines(os.path.join(out, "metrics.jsonl"))
+    assert len(log) == 2 and os.path.isfile(os.path.join(out, "model", "model.safetensors"))
+    assert ("pose_validity" in log[0]) == (reward == "verbal")
+    assert "level/deduction" in log[0] and "acc/solve" in log[0]
+
+
+def scripted_roles(tok):
+    """A test double for the sampler: poses valid instances, solves right and wrong in turn
+    (wrong = one corrupted step), judges with the programmatic critic, revises correctly."""
+    import random
+    import roles
+    import tasks
+    rng, memory = random.Random(0), {"tasks": {}, "solutions": []}
+
+    def text_for(prompt):
+        role = roles.role_of(prompt)
+        if role == "pose":
+            family, level = prompt.split("\n")[-2].split()[1:]
+            task = tasks.sample(family, int(level), rng)
+            memory["tasks"][task.prompt] = task
+            return tasks.pose_text(task)
+        problem = prompt.split("#problem\n", 1)[1].split("\n#", 1)[0]
+        task = memory["tasks"][problem]
+        if role == "solve":
+            text = tasks.solve(task)
+            while len(memory["solutions"]) % 2 == 1 and train.verified(task, text):
+                text, _ = tasks.corrupt(task, rng)  # until the final answer is wrong too
+            memory["solutions"].append((task, text))
+            return text
+        if role == "judge":
+            task, solution = memory["solutions"].pop(0)
+            return tasks.critique(task, solution)
+        return tasks.solve(task)
+
+    def sample_texts(policy, tok_, prompts, cfg, gen):
+        out = []
+        for p in prompts:
+            text = text_for(p)
+            ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            out.append(M.Completion([tok.bos_token_id], ids, [0.0] * len(ids), text, True))
+        return out
+    return sample_texts
+
+
+def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
+    import random
+    import roles
+    policy, tok = M.load(tiny)
+    monkeypatch.setattr(train, "sample_texts", scripted_roles(tok))
+    cfg = train.parse_args(["--families=deduction,induction", "--seeds=4", "--posings=2",
+                            "--solutions=4"])
+    plan = [("deduction", 1), ("induction", 1), ("deduction", 2), ("induction", 2)]
+    samples, stats, solved, _ = train.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
+                                                     None, step=0)
+    assert stats["pose_validity"] == [1.0] * 8
+    assert stats["acc/solve"] == [1.0, 0.0] * 16  # the double alternates right and wrong
+    assert stats["judge_agreement"] == [1.0] * 32  # the critic is always right
+    assert stats["reward/revise"] == [1.0] * 16  # every wrong one was rejected, then fixed
+    by_role = {}
+    for s in samples:
+        by_role.setdefault(s.role, []).append(s)
+    assert len(by_role["solve"]) == 32 and "pose" not in by_role  # posers all tie at 0.5
+    for s in by_role["solve"]:
+        text = tok.decode(s.ids, skip_special_tokens=True)
+        if s.coef[0] > 0:
+            assert min(s.coef) > 0  # a correct solution: all tokens pushed up
+        else:  # a wrong one: accepted steps keep 0, the flagged step on is pushed down
+            steps = train.token_steps(tok, s.ids, text)
+            flagged = min(st for st, c in zip(steps, s.coef) if c < 0)
+            assert all(c == 0 for st, c in zip(steps, s.coef) if st < flagged)
+            assert all(c < 0 for st, c in zip(steps, s.coef) if st >= flagged)
+    assert any(s.coef[0] == 0 for s in by_role["solve"])  # credit did split some solutions
+    assert solved and all(correct in (0.0, 1.0) for _, _, correct in solved)
+
+
+def test_align_merge_domain_refine(tiny, tmp_path):
+    for ability in ("deduction", "induction", "abduction"):
+        run("--stage=align", f"--ability={ability}", f"--model={tiny}",
+            f"--out={tmp_path}/align_{ability}", "--steps=1")
+    run("--stage=merge", f"--model={tiny}", f"--out={tmp_path}/merged", "--merge_method=ties")
+    merged = weights(f"{tmp_path}/merged/model")
+    assert merged.keys() == weights(tiny).keys()
+    run("--stage=domain", f"--model={tmp_path}/merged/model", f"--out={tmp_path}/domain",
+        "--steps=1")
+    run("--stage=refine", f"--model={tiny}", f"--out={tmp_path}/refine", "--steps=1")
+    for stage in ("domain", "refine"):
+        assert os.path.isfile(f"{tmp_path}/{stage}/model/model.safetensors")
+        assert len(lines(f"{tmp_path}/{stage}/metrics.jsonl")) == 1
+
+
+def test_resume_repeats_the_uninterrupted_run(tiny, tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    for stage in ("warmup", "alive"):
+        run(f"--stage={stage}", f"--model={tiny}", f"--out={straight}/{stage}", "--steps=4")
+        run(f"--stage={stage}", f"--model={tiny}", f"--out={resumed}/{stage}", "--steps=2")
+        run(f"--stage={stage}", f"--model={tiny}", f"--out={resumed}/{stage}", "--steps=4",
+            "--resume")
+        a, b = weights(f"{straight}/{stage}/model"), weights(f"{resumed}/{stage}/model")
+        for k in a:
+            assert torch.equal(a[k], b[k]), (stage, k)
+        assert [x["step"] for x in lines(f"{resumed}/{stage}/metrics.jsonl")] == [0, 1, 2, 3]
+
+
+def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(tiny, tmp_path):
+    out = str(tmp_path / "killed")
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--stage=warmup", f"--model={tiny}",
+           f"--out={out}", "--steps=400", "--threads=1"] + FAST
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = os.path.join(out, "state", "meta.json")
+    deadline = time.time() + 120
+    while not os.path.exists(meta) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.7)  # let it get somewhere in the middle of later steps or saves
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open(meta) as f:
+        saved = json.load(f)["step"]
+    assert 1 <= saved < 400
+    run("--stage=warmup", f"--model={tiny}", f"--out={out}", f"--steps={saved + 2}", "--resume")
+    steps = [x["step"] for x in lines(os.path.join(out, "metrics.jsonl"))]
+    assert steps == list(range(saved + 2))
+    M.load(os.path.join(out, "model"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage=nope"], "valid: warmup"),
+    (["--nope=1"], "valid keys"),
+    (["--steps=many"], "not a valid int"),
+    (["--stage=alive", "--model=/no/such/dir"], "not a model directory"),
+])
+def test_bad_input_gives_one_clear_line(args, message, tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args,
+                             f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_corpus_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "corpus.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": "no text field"}\n')
+    with pytest.raises(SystemExit, match=r"corpus.jsonl:2"):
+        train.parse_args(["--stage=warmup", f"--corpus={bad}"])
+
+
+def test_torchrun_two_ranks_alive(tiny, tmp_path):
+    out = str(tmp_path / "ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_port=29533", os.path.join(ROOT, "train.py"),
+                             "--stage=alive", f"--model={tiny}", f"--out={out}", "--steps=2",
+                             "--threads=1"] + FAST, cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [x["step"] for x in lines(os.path.join(out, "metrics.jsonl"))] == [0, 1]
+    policy, _ = M.load(os.path.join(out, "model"))
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
+
+
+def test_all_and_compare_write_their_tables(tiny, tmp_path):
+    out = str(tmp_path / "pipeline")
+    run("--stage=all", f"--model={tiny}", f"--out={out}", "--warmup_steps=2", "--rl_steps=1")
+    table = open(os.path.join(out, "report.md")).read()
+    assert "| metric | warmup | alive |" in table and "levels 3 and up" in table
+    for name in ("warmup", "alive"):
+        report = json.load(open(os.path.join(out, f"eval_{name}.json")))
+        assert 0 <= report["accuracy"]["overall"] <= 1 and report["n"] == 8
+    run("--stage=compare", f"--model={tiny}", f"--out={out}", "--compare_minutes=0.001",
+        "--compare_eval_n=8")
+    reports = json.load(open(os.path.join(out, "compare.json")))
+    assert list(reports) == ["warmup", "alive", "scalar", "sft"]
+    assert "| metric | warmup | alive | scalar | sft |" in open(os.path.join(out, "compare.md")).read()
+    for arm in ("alive", "scalar", "sft"):  # each arm ran until its (tiny) deadline: one step
+        assert len(lines(os.path.join(out, f"cmp_{arm}", "metrics.jsonl"))) == 1

@@ -1,0 +1,706 @@
+"""train.py: every stage of the pipeline, single process or `torchrun` (FSDP2).
+
+    python train.py                                    # tiny default into runs/tiny (CPU, ~10 min)
+    python train.py --stage=alive --model=DIR --out=DIR [--steps=N --seed=N --resume ...]
+    torchrun --nproc_per_node=8 train.py --stage=alive --model=/path/to/8B --out=runs/8b --rl_lr=1e-6
+
+Stages (each reads a model directory and writes `<out>/model`, `<out>/metrics.jsonl`):
+  warmup   NLL on demonstrations of every role (levels 1-2 only): worked solutions, the
+           programmatic critic's critiques (the teacher the judge learns from), revisions,
+           posings; plus language modelling on the raw corpus.
+  alive    self-play. Per step, for B seeds: pose M instances (the environment validates
+           them and computes answers), solve each N times, judge every solution in words,
+           revise the ones the judge rejects; rewards per role from refine.py; one fused
+           clipped policy-gradient loss over all roles' tokens.
+  align    one meta-ability (--ability) with verifiable rewards: group-relative PG on exact
+           match over that family's environment tasks.
+  merge    the three aligned models through merge.py (task vectors).
+  domain   self-play (the alive loop) from the merged model.
+  refine   alignment via refinement: solve, self-critique, revise; DPO on (right revision,
+           wrong original) and (best, worst critique by revision gain) pairs, NLL on long
+           refinement thoughts.
+  all      warmup, evaluate, alive, evaluate, print the before/after table.
+  compare  from one warm-up checkpoint, equal wall time each: alive, --reward=scalar, and an
+           SFT control (warm-up continued); evaluate all four on the same held-out items.
+
+--reward=scalar turns alive into the baseline: plain GRPO on exact match over environment
+tasks, no poser, no judge, no critique, no revision.
+
+The loss. Every sampled completion y gets per-token coefficients c_t (advantage times token
+credit, see refine.py), and L = -sum_t min(r_t c_t, clip(r_t) c_t) / T_global with
+r_t = pi_theta / pi_old. Under FSDP each rank divides by the global token count and the loss
+is scaled by the world size, since FSDP averages gradients over ranks.
+
+Simplifications, stated plainly:
+  - one optimizer step per rollout batch, so pi_old = pi_theta at the step and r_t = 1
+    (the clip only acts if you raise `ppo_epochs`);
+  - p_hat (the poser's solve rate) and the revision's correctness come from the verifier,
+    which exists for every task family here; the judge's verdict enters the solver's reward
+    with weight 1 - alpha, alpha annealed from 1 to `alpha_floor` over `alpha_steps`;
+  - the judge's reward is agreement with the verifier plus the mean gain of the revisions
+    made from its critique; a revision is trained in its own (critique-conditioned) prompt,
+    never moved to the solve prompt;
+  - DPO in `refine` uses the sampling policy as its reference model (no second copy);
+  - every step's randomness derives from (seed, step, rank), so a resumed run repeats the
+    uninterrupted one exactly on CPU.
+"""
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+import eval as evaluation
+import merge as merging
+import model as M
+import refine as R
+import roles
+import tasks
+
+STAGES = ("warmup", "alive", "align", "merge", "domain", "refine", "all", "compare")
+
+
+@dataclass
+class Config:
+    stage: str = "all"          # one of STAGES
+    model: str = ""             # input model directory; "" builds the tiny default
+    out: str = "runs/tiny"      # run directory of this stage (or of the whole pipeline)
+    steps: int = 0              # optimizer steps of the stage; 0 = that stage's default below
+    warmup_steps: int = 300     # default steps of warmup
+    rl_steps: int = 60          # default steps of alive / align / domain
+    refine_steps: int = 30      # default steps of refine
+    seed: int = 0               # every step's randomness derives from (seed, step, rank)
+    resume: bool = False        # continue from <out>/state
+    ability: str = "deduction"  # align: which meta-ability (deduction|induction|abduction)
+    reward: str = "verbal"      # alive/domain: verbal (the judge's words) | scalar (GRPO baseline)
+    families: str = "deduction,induction,abduction,corpus"  # task families used in training
+    corpus: str = ""            # JSONL of {"text": ...} raw documents; "" = the generated tiny corpus
+    lr: float = 2e-3            # learning rate of NLL stages (tiny default; ~1e-5 for 8B)
+    rl_lr: float = 1e-4         # learning rate of RL stages (5e-4 collapsed the tiny model)
+    lr_warmup: int = 10         # linear learning-rate warm-up steps
+    grad_clip: float = 1.0      # max global grad norm
+    batch: int = 32             # warmup: demonstrations per step (per rank: batch / world)
+    seeds: int = 4              # alive: seeds (problem families x levels) per step, all ranks
+    posings: int = 2            # alive: M posings per seed
+    solutions: int = 4          # alive: N solutions per valid posing
+    temperature: float = 1.0    # rollout sampling temperature
+    top_p: float = 1.0          # rollout nucleus
+    max_new_tokens: int = 160   # per completion
+    micro_batch: int = 16       # sequences per forward/backward
+    clip_eps: float = 0.2       # PPO ratio clip
+    ppo_epochs: int = 1         # optimizer steps per rollout batch
+    kl_coef: float = 0.0        # k3 KL to the sampling policy (off by default)
+    alpha_floor: float = 0.5    # lowest weight of the verifier in the solver's reward
+    alpha_steps: int = 100      # steps over which alpha anneals from 1 to alpha_floor
+    promote: float = 0.6        # curriculum: raise a family's level when its solve rate exceeds this
+    demote: float = 0.1         # ... lower it when below this
+    start_level: int = 2        # curriculum: starting level of every family
+    demo_levels: str = "1,2"    # warmup: levels of the demonstrations
+    merge_method: str = "task_arithmetic"  # merge: linear|task_arithmetic|ties|dare
+    merge_density: float = 0.5  # merge: ties/dare density
+    merge_models: str = ""      # merge: comma-separated model dirs; "" = <out>/../align_<ability>/model
+    dpo_beta: float = 0.1       # refine: DPO temperature
+    save_every: int = 20        # steps between resumable checkpoints
+    eval_n: int = 200           # held-out solver items per evaluation in `all`
+    compare_minutes: float = 5.0  # compare: wall minutes of each of the three arms
+    compare_eval_n: int = 600   # compare: held-out items for the final table
+    hints: bool = False         # prepend format hints to role prompts (chat models that never saw them)
+    threads: int = 0            # CPU threads per process; 0 = cores / ranks
+
+
+# ----------------------------------------------------------------------------- config
+
+def parse_args(argv):
+    cfg = Config()
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for arg in argv:
+        key, _, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("--") or key not in fields:
+            sys.exit(f"train.py: unknown argument {arg!r}; valid keys: "
+                     + ", ".join(f"--{k}" for k in fields))
+        kind = type(getattr(cfg, key))
+        try:
+            if kind is bool:
+                if value.lower() not in ("", "1", "true", "0", "false"):
+                    raise ValueError(value)
+                parsed = value.lower() in ("", "1", "true")
+            else:
+                parsed = kind(value)
+        except ValueError:
+            sys.exit(f"train.py: --{key}={value!r} is not a valid {kind.__name__}")
+        setattr(cfg, key, parsed)
+    checks = {"stage": STAGES, "reward": ("verbal", "scalar"),
+              "ability": tasks.FAMILIES[:3], "merge_method": merging.METHODS}
+    for key, valid in checks.items():
+        if getattr(cfg, key) not in valid:
+            sys.exit(f"train.py: --{key}={getattr(cfg, key)!r}; valid: {', '.join(valid)}")
+    bad = [f for f in cfg.families.split(",") if f not in tasks.FAMILIES]
+    if bad:
+        sys.exit(f"train.py: --families has {bad}; valid: {', '.join(tasks.FAMILIES)}")
+    if cfg.corpus:
+        try:
+            CORPUS[cfg.corpus] = tasks.load_corpus(cfg.corpus)
+        except (OSError, ValueError) as err:
+            sys.exit(f"train.py: --corpus: {err}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- samples and loss
+
+@dataclass
+class Sample:
+    """One sequence to train on: a prompt, a completion and a coefficient per completion token."""
+    role: str
+    prompt_ids: list
+    ids: list
+    coef: list
+    old_logp: list = None
+
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce(values, op=None):
+    """Sum (or max) a list of floats over ranks."""
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def train_on(policy, optimizer, samples, cfg, pad_id, mode):
+    """Gradient of the fused loss over `samples` in micro-batches, then one optimizer step.
+
+    Every rank runs the same number of micro-batches (an empty one trains a zero-coefficient
+    dummy), since each FSDP forward is a collective. Returns loss/entropy/grad-norm figures."""
+    samples = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.ids))  # less padding
+    global_tokens = all_reduce([sum(len(s.ids) for s in samples)])[0]
+    n_micro = int(all_reduce([math.ceil(len(samples) / cfg.micro_batch)], dist.ReduceOp.MAX)[0])
+    totals = torch.zeros(3)
+    for k in range(n_micro):
+        part = samples[k * cfg.micro_batch:(k + 1) * cfg.micro_batch]
+        if not part:
+            part = [Sample("dummy", [pad_id], [pad_id], [0.0], [0.0])]
+        packed = M.pack([s.prompt_ids for s in part], [s.ids for s in part], pad_id)
+        coef = torch.tensor([c for s in part for c in s.coef])
+        old = (torch.tensor([x for s in part for x in s.old_logp])
+               if mode == "pg" and part[0].old_logp is not None else None)
+
+        def head(hidden, weight):
+            return R.fused_loss(hidden, weight, packed.targets, coef, mode, old_logp=old,
+                                clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
+                                ref_logp=old if cfg.kl_coef else None,
+                                mask=torch.ones_like(coef, dtype=torch.bool),
+                                normalizer=torch.tensor(max(global_tokens, 1.0)))
+        loss, stats = M.run_head(policy, packed, head)
+        (loss * world()).backward()
+        totals += torch.tensor([loss.item(), stats["entropy"].item() * len(coef), len(coef)])
+    return finish_step(policy, optimizer, cfg, totals)
+
+
+def finish_step(policy, optimizer, cfg, totals):
+    """Clip, skip the step if anything is non-finite, else apply it."""
+    norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    loss, ent_sum, n = all_reduce(totals.tolist())
+    skipped = not (math.isfinite(norm) and math.isfinite(loss))
+    if not skipped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss, "entropy": ent_sum / max(n, 1), "grad_norm": norm,
+            "skipped": int(skipped), "tokens": n}
+
+
+def rendered(tok, prompt, cfg):
+    return M.encode(tok, [roles.render(tok, prompt, cfg.hints)])[0]
+
+
+def nll_sample(tok, role, prompt, completion, cfg):
+    ids = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return Sample(role, rendered(tok, prompt, cfg), ids, [1.0] * len(ids))
+
+
+# ----------------------------------------------------------------------------- warm-up
+
+def demonstration(rng, tok, cfg):
+    """One NLL example of a random role on a level-1/2 task (corpus text for language modelling)."""
+    families = cfg.families.split(",")
+    family, level = rng.choice(families), rng.choice([int(x) for x in cfg.demo_levels.split(",")])
+    task = tasks.sample(family, level, rng, "train")
+    kind = rng.choices(["solve", "judge", "revise", "pose", "text"], [4, 3, 2, 1, 1])[0]
+    if kind == "solve":
+        return nll_sample(tok, kind, roles.solve_prompt(task.prompt), tasks.solve(task), cfg)
+    if kind == "judge":
+        solution = tasks.solve(task) if rng.random() < 0.5 else tasks.corrupt(task, rng)[0]
+        return nll_sample(tok, kind, roles.judge_prompt(task.prompt, task.answer, solution),
+                          tasks.critique(task, solution), cfg)
+    if kind == "revise":
+        wrong = tasks.corrupt(task, rng)[0]
+        return nll_sample(tok, kind, roles.revise_prompt(task.prompt, wrong,
+                                                         tasks.critique(task, wrong)),
+                          tasks.solve(task), cfg)
+    if kind == "pose":
+        document = task.data[0] if family == "corpus" else None
+        return nll_sample(tok, kind, roles.pose_prompt(family, level, document),
+                          tasks.pose_text(task), cfg)
+    return nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)
+
+
+def raw_document(rng, cfg, level=None):
+    """A document of the raw corpus: --corpus when given, else the generated one (any level:
+    the raw corpus may be broader than the demonstrations)."""
+    if cfg.corpus:
+        return rng.choice(CORPUS[cfg.corpus])
+    return tasks.document(rng, level or rng.choice(tasks.LEVELS))
+
+
+CORPUS = {}  # path -> documents, read once per process
+
+
+def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
+    rng = random.Random(f"{cfg.seed}/{step}/{rank}")
+    samples = [demonstration(rng, tok, cfg) for _ in range(max(1, cfg.batch // world()))]
+    metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
+    return metrics, []
+
+
+# ----------------------------------------------------------------------------- self-play
+
+def token_steps(tok, ids, text):
+    """1-based solution step of each completion token (eos counts with the last step)."""
+    char_steps = roles.step_of_chars(text) or [1]
+    steps, pos = [], 0
+    for i in ids:
+        pos += len(tok.decode([i], skip_special_tokens=True))
+        steps.append(char_steps[min(max(pos - 1, 0), len(char_steps) - 1)])
+    return steps
+
+
+def verified(task, text):
+    answer = roles.parse_answer(text)
+    return answer is not None and tasks.check(task, answer)
+
+
+def sample_texts(policy, tok, prompts, cfg, gen):
+    with M.gathered_for_rollout(policy):
+        return M.complete(policy, tok, [roles.render(tok, p, cfg.hints) for p in prompts],
+                          cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen,
+                          batch_size=max(cfg.micro_batch, 64))
+
+
+def rl_samples(role, completions, advantages, keep, credits=None):
+    out = []
+    for j, (c, a, k) in enumerate(zip(completions, advantages, keep)):
+        if k and c.ids:
+            coef = credits[j] if credits else [float(a)] * len(c.ids)
+            out.append(Sample(role, c.prompt_ids, c.ids, coef, c.logprobs))
+    return out
+
+
+def seed_plan(rng, cfg, curriculum, per_rank):
+    families = cfg.families.split(",")
+    return [(f, curriculum[f]) for f in (rng.choice(families) for _ in range(per_rank))]
+
+
+def scalar_rollouts(policy, tok, cfg, plan, rng, gen):
+    """The baseline: environment tasks, N solutions each, reward = exact match (GRPO)."""
+    task_list = [tasks.sample(f, lvl, rng, "train") for f, lvl in plan for _ in range(cfg.posings)]
+    prompts = [roles.solve_prompt(t.prompt) for t in task_list for _ in range(cfg.solutions)]
+    sols = sample_texts(policy, tok, prompts, cfg, gen)
+    owner = [i for i in range(len(task_list)) for _ in range(cfg.solutions)]
+    correct = [float(verified(task_list[i], s.text)) for i, s in zip(owner, sols)]
+    adv, keep = R.group_advantages(correct, owner)
+    stats = {"reward/solve": correct, "acc/solve": correct}
+    solved = [(task_list[i].family, task_list[i].level, c) for i, c in zip(owner, correct)]
+    return rl_samples("solve", sols, adv, keep), stats, solved, []
+
+
+def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
+    """Pose -> validate -> solve -> judge -> revise, then rewards, advantages and credit."""
+    # 1. pose: M posings per seed; the environment decides validity and computes the answer
+    docs = [raw_document(rng, cfg, lvl) if f == "corpus" else None for f, lvl in plan]
+    seeds = [i for i in range(len(plan)) for _ in range(cfg.posings)]
+    poses = sample_texts(policy, tok, [roles.pose_prompt(*plan[i], docs[i]) for i in seeds],
+                         cfg, gen)
+    posed = [tasks.validate(plan[i][0], roles.parse_pose(p.text) or "", plan[i][1], docs[i])
+             for i, p in zip(seeds, poses)]
+    valid = [isinstance(t, tasks.Task) for t in posed]
+    # 2. solve: N solutions per valid posing
+    live = [k for k, ok in enumerate(valid) if ok]
+    owner = [k for k in live for _ in range(cfg.solutions)]
+    sols = sample_texts(policy, tok, [roles.solve_prompt(posed[k].prompt) for k in owner], cfg, gen)
+    truth = [verified(posed[k], s.text) for k, s in zip(owner, sols)]
+    # 3. judge every solution in words, with the reference answer in view
+    judge_prompts = [roles.judge_prompt(posed[k].prompt, posed[k].answer, s.text)
+                     for k, s in zip(owner, sols)]
+    judgements = sample_texts(policy, tok, judge_prompts, cfg, gen)
+    verdicts = [roles.parse_verdict(j.text) for j in judgements]
+    # 4. revise what the judge did not accept, conditioned on its critique
+    redo = [j for j, v in enumerate(verdicts) if v is not True]
+    revisions = sample_texts(policy, tok, [roles.revise_prompt(posed[owner[j]].prompt,
+                                                               sols[j].text, judgements[j].text)
+                                           for j in redo], cfg, gen)
+    gains = [R.revision_gain(truth[j], verified(posed[owner[j]], r.text))
+             for j, r in zip(redo, revisions)]
+    # 5. rewards per role
+    solve_rate = {k: 0.0 for k in live}
+    for k, t in zip(owner, truth):
+        solve_rate[k] += t / cfg.solutions
+    rates = [solve_rate.get(k, 0.0) for k in range(len(posed))]
+    dup = R.duplicate_posings([t.prompt if ok else None for t, ok in zip(posed, valid)],
+                              [f for f, _ in (plan[i] for i in seeds)])
+    pose_r = R.poser_rewards(rates, valid, dup)
+    alpha = R.alpha_schedule(step, cfg.alpha_steps, cfg.alpha_floor)
+    solve_r = R.solver_rewards(verdicts, truth, alpha)
+    critique_gain = [0.0] * len(sols)  # each critique feeds one revision: its mean gain is that gain
+    for j, g in zip(redo, gains):
+        critique_gain[j] = g
+    judge_r = [a + g for a, g in zip(R.judge_rewards(verdicts, truth), critique_gain)]
+    # 6. group-normalised advantages; token credit from the judge's pointer
+    pose_a, pose_k = R.group_advantages(pose_r, seeds)
+    solve_a, solve_k = R.group_advantages(solve_r, owner)
+    judge_a, judge_k = R.group_advantages(judge_r, owner)
+    rev_a, rev_k = R.group_advantages(gains, [owner[j] for j in redo])
+    credits = [R.token_credit(float(a), token_steps(tok, s.ids, s.text),
+                              roles.parse_pointer(j.text))
+               for a, s, j in zip(solve_a, sols, judgements)]
+    samples = (rl_samples("pose", poses, pose_a, pose_k)
+               + rl_samples("solve", sols, solve_a, solve_k, [list(map(float, c)) for c in credits])
+               + rl_samples("judge", judgements, judge_a, judge_k)
+               + rl_samples("revise", revisions, rev_a, rev_k))
+    stats = {"reward/pose": pose_r, "reward/solve": solve_r, "reward/judge": judge_r,
+             "reward/revise": gains, "acc/solve": [float(t) for t in truth],
+             "pose_validity": [float(v) for v in valid],
+             "judge_agreement": R.judge_rewards(verdicts, truth)}
+    solved = [(posed[k].family, posed[k].level, float(t)) for k, t in zip(owner, truth)]
+    shown = [{"pose": poses[k].text, "valid": valid[k],
+              "solutions": [{"text": sols[j].text, "critique": judgements[j].text,
+                             "correct": truth[j]} for j in range(len(sols)) if owner[j] == k]}
+             for k in live[:1]]
+    return samples, stats, solved, shown
+
+
+def update_curriculum(curriculum, history, solved, cfg):
+    """Raise a family's level when the solver beats `promote` there, lower it below `demote`."""
+    for family, level, correct in solved:
+        if level == curriculum.get(family):
+            history.setdefault(family, []).append(correct)
+    for family, results in history.items():
+        if len(results) >= 16:
+            rate = sum(results) / len(results)
+            if rate > cfg.promote and curriculum[family] < max(tasks.LEVELS):
+                curriculum[family] += 1
+            elif rate < cfg.demote and curriculum[family] > min(tasks.LEVELS):
+                curriculum[family] -= 1
+            history[family] = []
+
+
+def rl_step(policy, optimizer, tok, cfg, step, rank, state):
+    """One self-play (or scalar-baseline) step; `state` carries the curriculum across steps."""
+    rng = random.Random(f"{cfg.seed}/{step}/{rank}")
+    gen = torch.Generator().manual_seed(hash((cfg.seed, step, rank)) % 2**31)
+    plan = seed_plan(rng, cfg, state["curriculum"], max(1, cfg.seeds // world()))
+    policy.eval()
+    if cfg.reward == "scalar":
+        samples, stats, solved, shown = scalar_rollouts(policy, tok, cfg, plan, rng, gen)
+    else:
+        samples, stats, solved, shown = alive_rollouts(policy, tok, cfg, plan, rng, gen, step)
+    policy.train()
+    for _ in range(cfg.ppo_epochs):
+        metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "pg")
+    # every rank must agree on the curriculum: gather the (family, level, correct) triples
+    everyone = [None] * world()
+    if dist.is_initialized():
+        dist.all_gather_object(everyone, solved)
+    else:
+        everyone = [solved]
+    update_curriculum(state["curriculum"], state["history"], sum(everyone, []), cfg)
+    for key, values in stats.items():
+        total, count = all_reduce([sum(values), len(values)])
+        metrics[key] = total / count if count else None
+    for role in ("pose", "solve", "judge", "revise"):
+        lengths = [len(s.ids) for s in samples if s.role == role]
+        metrics[f"len/{role}"] = sum(lengths) / len(lengths) if lengths else None
+    metrics.update({f"level/{f}": lvl for f, lvl in state["curriculum"].items()})
+    return metrics, shown
+
+
+def refine_step(policy, optimizer, tok, cfg, step, rank, state):
+    """Alignment via refinement: solve, two self-critiques per solution, one revision from each;
+    DPO on refine.refinement_pairs (right over wrong of revision and original; best over worst
+    critique by revision gain) plus NLL on the long refinement thoughts that fixed an answer."""
+    rng = random.Random(f"{cfg.seed}/{step}/{rank}")
+    gen = torch.Generator().manual_seed(hash((cfg.seed, step, rank)) % 2**31)
+    plan = seed_plan(rng, cfg, state["curriculum"], max(1, cfg.seeds // world()))
+    task_of = {}
+    for f, lvl in plan:
+        for _ in range(cfg.posings):
+            task = tasks.sample(f, lvl, rng, "train")
+            task_of[task.prompt] = task
+    problems = list(task_of)
+    policy.eval()
+    sols = sample_texts(policy, tok, [roles.solve_prompt(p) for p in problems], cfg, gen)
+    pairs_in = [(p, s) for p, s in zip(problems, sols) for _ in range(2)]
+    crits = sample_texts(policy, tok, [roles.judge_prompt(p, task_of[p].answer, s.text)
+                                       for p, s in pairs_in], cfg, gen)
+    revs = sample_texts(policy, tok, [roles.revise_prompt(p, s.text, c.text)
+                                      for (p, s), c in zip(pairs_in, crits)], cfg, gen)
+    policy.train()
+    records, thoughts = [], []
+    for i, (p, s) in enumerate(zip(problems, sols)):
+        record = R.RefinementRecord(p, s.text, verified(task_of[p], s.text))
+        for c, r in zip(crits[2 * i:2 * i + 2], revs[2 * i:2 * i + 2]):
+            fixed = verified(task_of[p], r.text)
+            record.attempts.append(R.Attempt(c.text, [r.text], [fixed]))
+            if fixed and not record.correct:
+                thoughts.append(nll_sample(tok, "refine", roles.solve_prompt(p),
+                                           R.long_thought(s.text, [(c.text, r.text)], r.text), cfg))
+        records.append(record)
+    samples = []
+    for pair in R.refinement_pairs(records):
+        prompt = (roles.solve_prompt(pair.problem) if pair.role == "solve" else
+                  roles.judge_prompt(pair.problem, task_of[pair.problem].answer, pair.solution))
+        samples += [nll_sample(tok, pair.role, prompt, pair.chosen, cfg),
+                    nll_sample(tok, pair.role, prompt, pair.rejected, cfg)]
+    metrics = dpo_update(policy, optimizer, samples, thoughts, cfg, tok.pad_token_id)
+    gains = [R.revision_gain(rec.correct, ok) for rec in records for a in rec.attempts
+             for ok in a.revisions_correct]
+    metrics.update({"reward/revise": sum(gains) / len(gains), "pairs": len(samples) // 2,
+                    "acc/solve": sum(rec.correct for rec in records) / len(records)})
+    return metrics, []
+
+
+def dpo_update(policy, optimizer, pairs, thoughts, cfg, pad_id):
+    """One step on DPO pairs (sequences 2p chosen, 2p+1 rejected) plus long-thought NLL.
+
+    Every rank runs exactly one reference pass and one training forward (FSDP forwards are
+    collectives), training a zero-coefficient dummy when it has nothing to learn from."""
+    everything = pairs + thoughts or [Sample("dummy", [pad_id], [pad_id], [0.0])]
+    prompts, completions = [s.prompt_ids for s in everything], [s.ids for s in everything]
+    ref = torch.cat(M.token_logprobs(policy, prompts, completions, pad_id))
+    packed = M.pack(prompts, completions, pad_id)
+    coef = torch.tensor([c for s in everything for c in s.coef])
+    n_pair = sum(len(s.ids) for s in pairs)
+
+    def head(hidden, weight):
+        total, stats = hidden.sum() * 0.0, None
+        if n_pair:
+            total, stats = R.fused_loss(hidden[:n_pair], weight, packed.targets[:n_pair],
+                                        coef[:n_pair], "dpo", ref_logp=ref[:n_pair],
+                                        seq_id=packed.seq_of_token[:n_pair], beta=cfg.dpo_beta)
+        if len(coef) > n_pair:
+            nll, nll_stats = R.fused_loss(hidden[n_pair:], weight, packed.targets[n_pair:],
+                                          coef[n_pair:], "nll",
+                                          mask=torch.ones(len(coef) - n_pair, dtype=torch.bool))
+            total, stats = total + nll, stats or nll_stats
+        return total, stats
+    loss, stats = M.run_head(policy, packed, head)
+    loss.backward()  # FSDP averages over ranks: the loss is each rank's mean
+    return finish_step(policy, optimizer, cfg,
+                       torch.tensor([loss.item(), stats["entropy"].item(), 1.0]))
+
+
+# ----------------------------------------------------------------------------- the stage loop
+
+def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
+    """Load `model_dir`, train `steps` steps of `step_fn` (or until `deadline`), export `out/model`.
+
+    Checkpoints every `save_every` steps into `out/state` (atomic), resumes from it with
+    --resume, logs one JSON line per step into `out/metrics.jsonl`."""
+    rank, _, device = M.setup_distributed()
+    os.makedirs(out, exist_ok=True)
+    policy, tok = M.load(model_dir, device=device)
+    if dist.is_initialized():
+        M.shard(policy, activation_checkpointing=device.type == "cuda")
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95),
+                                  weight_decay=0.0)
+    start_level = min(cfg.start_level, max(tasks.LEVELS))
+    state = {"curriculum": {f: start_level for f in cfg.families.split(",")}, "history": {}}
+    state_dir, start = os.path.join(out, "state"), 0
+    if cfg.resume and os.path.isdir(state_dir):
+        meta = M.load_state(policy, optimizer, state_dir)
+        start, state = meta["step"], meta["state"]
+    elif cfg.resume:
+        raise SystemExit(f"train.py: --resume but no checkpoint in {state_dir}")
+    metrics_path, samples_path = os.path.join(out, "metrics.jsonl"), os.path.join(out, "samples.jsonl")
+    if M.is_main():
+        truncate_log(metrics_path, start)
+        if start == 0 and os.path.exists(samples_path):
+            os.remove(samples_path)
+        print(f"[{stage}] {model_dir} -> {out}: steps {start}..{steps}, ranks {world()}, "
+              f"per-step batch: " + batch_figures(cfg, stage), flush=True)
+    from tqdm import tqdm
+    bar = tqdm(range(start, steps), disable=not M.is_main(), desc=stage, dynamic_ncols=True)
+    for step in bar:
+        began = time.time()
+        for group in optimizer.param_groups:  # linear warm-up, then constant
+            group["lr"] = lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup))
+        metrics, shown = step_fn(policy, optimizer, tok, cfg, step, rank, state)
+        metrics.update(stage=stage, step=step, lr=optimizer.param_groups[0]["lr"],
+                       seconds=time.time() - began)
+        metrics["tokens_per_s"] = metrics.get("tokens", 0) / metrics["seconds"]
+        if M.is_main():
+            append_json(metrics_path, metrics)
+            if shown:
+                append_json(samples_path, {"step": step, "rollouts": shown})
+            bar.set_postfix({k: round(v, 3) for k, v in metrics.items()
+                             if k in ("loss", "acc/solve", "judge_agreement") and v is not None})
+        if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
+            M.save_state(policy, optimizer, state_dir, {"step": step + 1, "state": state})
+        # every rank must stop at the same step: the clock decides on rank 0's word (max)
+        if deadline is not None and all_reduce([time.time() > deadline], dist.ReduceOp.MAX)[0]:
+            M.save_state(policy, optimizer, state_dir, {"step": step + 1, "state": state})
+            break
+    M.save_hf(policy, tok, os.path.join(out, "model"))
+    return os.path.join(out, "model")
+
+
+def batch_figures(cfg, stage):
+    if stage in ("warmup", "sft"):
+        return f"{cfg.batch} demonstrations"
+    if cfg.reward == "scalar" or stage in ("align", "refine"):
+        return f"{cfg.seeds * cfg.posings} tasks x {cfg.solutions} solutions"
+    return (f"{cfg.seeds} seeds x {cfg.posings} posings x {cfg.solutions} solutions, each judged "
+            f"and revised if rejected: up to {cfg.seeds * cfg.posings * (1 + 3 * cfg.solutions)} rollouts")
+
+
+def append_json(path, obj):
+    with open(path, "a") as f:
+        f.write(json.dumps(obj, default=float) + "\n")
+
+
+def truncate_log(path, start):
+    """On resume keep the lines of steps before `start`: the log then matches the weights."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if json.loads(line).get("step", 0) < start]
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+def base_model(cfg):
+    """The input model: --model, or the tiny default built once into <out>/init."""
+    if cfg.model:
+        if not os.path.isfile(os.path.join(cfg.model, "config.json")):
+            raise SystemExit(f"train.py: --model={cfg.model} is not a model directory "
+                             "(no config.json)")
+        return cfg.model
+    path = os.path.join(cfg.out, "init")
+    if M.is_main() and not os.path.isdir(path):
+        M.build_tiny(path, seed=cfg.seed)
+    M.barrier()
+    return path
+
+
+def evaluate_dir(model_dir, out_json, cfg, n):
+    policy, tok = M.load(model_dir)
+    policy.eval()
+    generate_fn = evaluation.model_generate_fn(policy, tok, max_new_tokens=cfg.max_new_tokens,
+                                               seed=cfg.seed, hints=cfg.hints)
+    report = evaluation.evaluate(generate_fn, n=n, seed=cfg.seed)
+    with open(out_json, "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def stage_steps(cfg, default):
+    return cfg.steps or default
+
+
+def run(cfg):
+    rank, world_size, device = M.setup_distributed()
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world_size))
+    torch.manual_seed(cfg.seed)
+    rl = stage_steps(cfg, cfg.rl_steps)
+    if cfg.stage == "warmup":
+        return run_stage(cfg, "warmup", base_model(cfg), cfg.out,
+                         stage_steps(cfg, cfg.warmup_steps), warmup_step, cfg.lr)
+    if cfg.stage in ("alive", "domain"):
+        return run_stage(cfg, cfg.stage, base_model(cfg), cfg.out, rl, rl_step, cfg.rl_lr)
+    if cfg.stage == "align":
+        cfg.families, cfg.reward = cfg.ability, "scalar"
+        return run_stage(cfg, "align", base_model(cfg), cfg.out, rl, rl_step, cfg.rl_lr)
+    if cfg.stage == "refine":
+        return run_stage(cfg, "refine", base_model(cfg), cfg.out,
+                         stage_steps(cfg, cfg.refine_steps), refine_step, cfg.rl_lr)
+    if cfg.stage == "merge":
+        parent = os.path.dirname(os.path.abspath(cfg.out))
+        models = (cfg.merge_models.split(",") if cfg.merge_models else
+                  [os.path.join(parent, f"align_{a}", "model") for a in tasks.FAMILIES[:3]])
+        if M.is_main():
+            merging.merge(base_model(cfg), models, [1.0 / len(models)] * len(models),
+                          cfg.merge_method, density=cfg.merge_density, seed=cfg.seed,
+                          out=os.path.join(cfg.out, "model"))
+        M.barrier()
+        return os.path.join(cfg.out, "model")
+    if cfg.stage == "compare":
+        return compare(cfg)
+    return run_all(cfg)
+
+
+def run_all(cfg):
+    """warmup -> eval -> alive -> eval, then the before/after table."""
+    warm = run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
+                     cfg.warmup_steps, warmup_step, cfg.lr)
+    alive = run_stage(cfg, "alive", warm, os.path.join(cfg.out, "alive"),
+                      stage_steps(cfg, cfg.rl_steps), rl_step, cfg.rl_lr)
+    if not M.is_main():
+        return alive
+    reports = {name: evaluate_dir(path, os.path.join(cfg.out, f"eval_{name}.json"), cfg, cfg.eval_n)
+               for name, path in (("warmup", warm), ("alive", alive))}
+    table = evaluation.comparison_table(reports)
+    with open(os.path.join(cfg.out, "report.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    return alive
+
+
+def compare(cfg):
+    """alive vs --reward=scalar vs SFT control, equal wall time each, from one warm-up."""
+    warm = os.path.join(cfg.out, "warmup", "model")
+    if not os.path.isdir(warm):
+        warm = run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
+                         cfg.warmup_steps, warmup_step, cfg.lr)
+    budget = cfg.compare_minutes * 60
+    arms = {"warmup": warm}
+    big = 10**6  # the deadline, not the step count, ends each arm
+    arms["alive"] = run_stage(dataclasses.replace(cfg, reward="verbal"), "alive", warm,
+                              os.path.join(cfg.out, "cmp_alive"), big, rl_step, cfg.rl_lr,
+                              time.time() + budget)
+    arms["scalar"] = run_stage(dataclasses.replace(cfg, reward="scalar"), "alive", warm,
+                               os.path.join(cfg.out, "cmp_scalar"), big, rl_step, cfg.rl_lr,
+                               time.time() + budget)
+    arms["sft"] = run_stage(cfg, "sft", warm, os.path.join(cfg.out, "cmp_sft"), big,
+                            warmup_step, cfg.lr * 0.1, time.time() + budget)
+    if not M.is_main():
+        return arms
+    reports = {name: evaluate_dir(path, os.path.join(cfg.out, f"eval_{name}.json"), cfg,
+                                  cfg.compare_eval_n) for name, path in arms.items()}
+    table = evaluation.comparison_table(reports)
+    with open(os.path.join(cfg.out, "compare.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(cfg.out, "compare.json"), "w") as f:
+        json.dump(reports, f, indent=1)
+    evaluation.plot_curves([os.path.join(cfg.out, f"cmp_{a}") for a in ("alive", "scalar", "sft")],
+                           os.path.join(cfg.out, "compare.png"), labels=["alive", "scalar", "sft"])
+    print(table)
+    return arms
+
+
+if __name__ == "__main__":
+    config = parse_args(sys.argv[1:])
+    try:
+        run(config)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
