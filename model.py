@@ -136,10 +136,6 @@ def left_pad(prompts, pad_id, device):
     return ids, mask, positions
 
 
-def last_token_logits(hidden, weight):
-    return F.linear(hidden[:, -1], weight).float()
-
-
 def pick_tokens(logits, temperature, top_p, generator):
     """Greedy when temperature == 0, else a draw from the tempered nucleus distribution."""
     if temperature == 0:
@@ -154,27 +150,117 @@ def pick_tokens(logits, temperature, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def last_token_logits(hidden, weight):
+    return F.linear(hidden[:, -1], weight).float()
+
+
+def hf_decoder(policy):
+    """Decode through the Hugging Face forward and its DynamicCache: any causal LM, any FSDP
+    state. Returns step(ids, mask, positions) -> last-token logits, and keep(rows)."""
+    from transformers import DynamicCache
+    cache = DynamicCache()
+
+    def step(ids, mask, positions):
+        logits, _ = policy(last_token_logits, input_ids=ids, attention_mask=mask,
+                           position_ids=positions, past_key_values=cache, use_cache=True)
+        return logits
+    return step, cache.batch_select_indices
+
+
+LEAN_FAMILIES = ("llama", "qwen2", "mistral")
+
+
+def lean_decoder(lm, batch, max_len):
+    """Decode by calling the layers' weights directly, with a preallocated KV cache.
+
+    The same math as the Hugging Face Llama forward (RMSNorm, rotary embeddings from the
+    model's own `rotary_emb`, grouped-query attention, SiLU MLP) minus its per-call overhead
+    (output capturing, mask building, cache objects growing by concatenation), which is most
+    of a decoding step for a small model. Llama, Qwen2 (attention biases come with the
+    modules) and Mistral without a sliding window. Under FSDP2 call it inside
+    `gathered_for_rollout`, which leaves the full weights on the modules.
+    """
+    base = lm.base_model
+    cfg = lm.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    weight = base.embed_tokens.weight
+    shape = (batch, cfg.num_key_value_heads, max_len, head_dim)
+    keys = [weight.new_zeros(shape) for _ in base.layers]
+    values = [weight.new_zeros(shape) for _ in base.layers]
+    visible = torch.zeros((batch, max_len), dtype=torch.bool, device=weight.device)
+    filled = 0  # cache positions written so far (the same for every row: left padding)
+
+    def rotate(x, cos, sin):
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+    def step(ids, mask, positions):
+        nonlocal filled
+        rows, width = ids.shape
+        end = filled + width
+        visible[:rows, filled:end] = mask[:, -width:].bool()
+        # key j is seen by query i when it is a real token and not in i's future; every query
+        # also sees itself, so a padding query never has an empty (NaN) softmax row
+        causal = torch.ones((width, end), dtype=torch.bool, device=ids.device).tril(filled)
+        itself = torch.zeros_like(causal)
+        itself[:, filled:].fill_diagonal_(True)
+        allowed = (visible[:rows, None, None, :end] & causal) | itself
+        h = base.embed_tokens(ids)
+        cos, sin = (x[:, None] for x in base.rotary_emb(h, positions))
+        for layer, k_cache, v_cache in zip(base.layers, keys, values):
+            attn, x = layer.self_attn, layer.input_layernorm(h)
+            q, k, v = (proj(x).view(rows, width, -1, head_dim).transpose(1, 2)
+                       for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+            k_cache[:rows, :, filled:end] = rotate(k, cos, sin)
+            v_cache[:rows, :, filled:end] = v
+            out = F.scaled_dot_product_attention(rotate(q, cos, sin), k_cache[:rows, :, :end],
+                                                 v_cache[:rows, :, :end], attn_mask=allowed,
+                                                 enable_gqa=True)
+            h = h + attn.o_proj(out.transpose(1, 2).reshape(rows, width, -1))
+            x = layer.post_attention_layernorm(h)
+            h = h + layer.mlp.down_proj(F.silu(layer.mlp.gate_proj(x)) * layer.mlp.up_proj(x))
+        filled = end
+        return last_token_logits(base.norm(h[:, -1:]), lm.get_output_embeddings().weight)
+
+    def keep(rows):
+        n = len(rows)
+        for cache in keys + values:
+            cache[:n] = cache[rows]
+        visible[:n] = visible[rows]
+    return step, keep
+
+
+def lean_supported(lm, max_len):
+    """Llama-family SiLU models whose sliding window (if any) is longer than the sequence."""
+    cfg = lm.config
+    window = getattr(cfg, "sliding_window", None) if (
+        getattr(cfg, "use_sliding_window", True) and cfg.model_type != "llama") else None
+    return (cfg.model_type in LEAN_FAMILIES and getattr(cfg, "hidden_act", "silu") == "silu"
+            and (not window or max_len <= window))
+
+
 @torch.inference_mode()
 def generate(policy, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_p=1.0,
-             generator=None):
+             generator=None, lean=True):
     """Sample continuations of a ragged batch of prompts (lists of ids) with a KV cache.
 
     Rows that reach eos leave the batch once a quarter of the live rows have finished (dropping
     copies the whole cache, so it is batched), and a batch of mixed lengths costs about what its
-    live rows cost. Returned tensors are ordinary ones, usable as constants in a later backward.
+    live rows cost. `lean` picks `lean_decoder` where the architecture allows, else the Hugging
+    Face forward. Returned tensors are ordinary ones, usable as constants in a later backward.
     """
-    from transformers import DynamicCache
     device = policy.lm.get_output_embeddings().weight.device
     batch = len(prompts)
     ids, mask, positions = left_pad(prompts, pad_id, device)
+    max_len = ids.shape[1] + max_new_tokens
+    step, keep_rows = (lean_decoder(policy.lm, batch, max_len)
+                       if lean and lean_supported(policy.lm, max_len) else hf_decoder(policy))
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((batch, max_new_tokens), device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     live = torch.arange(batch, device=device)  # original row of each row still decoding
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # finished but not yet dropped
-    cache = DynamicCache()
-    logits, _ = policy(last_token_logits, input_ids=ids, attention_mask=mask,
-                       position_ids=positions, past_key_values=cache, use_cache=True)
+    logits = step(ids, mask, positions)
     next_pos = positions[:, -1] + 1
     for t in range(max_new_tokens):
         token = pick_tokens(logits, temperature, top_p, generator).masked_fill(done, pad_id)
@@ -187,12 +273,11 @@ def generate(policy, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, t
             break
         if 4 * int(done.sum()) >= len(live):
             keep = (~done).nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
+            keep_rows(keep)
             live, token, mask, next_pos = live[keep], token[keep], mask[keep], next_pos[keep]
             done = done[keep]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-        logits, _ = policy(last_token_logits, input_ids=token[:, None], attention_mask=mask,
-                           position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+        logits = step(token[:, None], mask, next_pos[:, None])
         next_pos = next_pos + 1
     finished = (tokens == eos_id).any(-1)
     return Rollout(tokens.clone(), logprobs.clone(), lengths.clone(), finished)

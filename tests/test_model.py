@@ -56,8 +56,9 @@ def test_load_missing_path_names_it(tmp_path):
         M.load(str(tmp_path / "nowhere"))
 
 
+@pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_greedy_matches_hf_generate(tiny, tmp_path, family):
+def test_greedy_matches_hf_generate(tiny, tmp_path, family, lean):
     path = tiny if family == "llama" else qwen2_untied(str(tmp_path / "qwen2"))
     policy, tok = M.load(path)
     prompts = M.encode(tok, PROMPTS)
@@ -66,7 +67,8 @@ def test_greedy_matches_hf_generate(tiny, tmp_path, family):
     # early in one row, so rows stop at different steps and the row-dropping path is exercised.
     probe = M.generate(policy, prompts, 6, eos_id=-1, pad_id=tok.pad_token_id, temperature=0)
     eos = int(probe.tokens[0, 3])
-    ours = M.generate(policy, prompts, 24, eos, tok.pad_token_id, temperature=0)
+    assert M.lean_supported(policy.lm, 64)
+    ours = M.generate(policy, prompts, 24, eos, tok.pad_token_id, temperature=0, lean=lean)
     hf = policy.lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24,
                             do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
     hf_new = hf[:, ids.shape[1]:]
@@ -77,12 +79,13 @@ def test_greedy_matches_hf_generate(tiny, tmp_path, family):
     assert not bool(ours.finished.all())  # some rows ran to the budget
 
 
-def test_sampled_logprobs_equal_full_forward(tiny):
+@pytest.mark.parametrize("lean", [True, False])
+def test_sampled_logprobs_equal_full_forward(tiny, lean):
     policy, tok = M.load(tiny)
     prompts = M.encode(tok, PROMPTS)
     gen = torch.Generator().manual_seed(0)
     out = M.generate(policy, prompts, 16, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                     temperature=0.8, top_p=0.9, generator=gen)
+                     temperature=0.8, top_p=0.9, generator=gen, lean=lean)
     for i, p in enumerate(prompts):
         new = out.tokens[i, :out.lengths[i]].tolist()
         full = torch.tensor([p + new])
