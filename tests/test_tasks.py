@@ -286,6 +286,33 @@ def test_validate_round_trips(family):
             assert tasks.validate(family, tasks.pose_text(t), level, document=doc) == t
 
 
+def test_corpus_posing_needs_an_inferable_span():
+    """A span that occurs once but that its paragraph does not determine (a name, a premise's
+    relation, a filler word) is no task; numbers, conclusions and sampled spans are."""
+    doc = "ana has 3 pens. ana gets 4 more. now ana has 7 pens."
+    assert "does not determine" in tasks.validate("corpus", "now", 1, document=doc)
+    rng, rejected, accepted = random.Random(4), 0, 0
+    for level in tasks.LEVELS:
+        for _ in range(20):
+            doc = tasks.document(rng, level)
+            derived = set(re.findall(r"so \w+ is the ([\w-]+) of", doc)) | {"true", "false"}
+            for word in set(re.findall(r"[a-z][a-z-]*|\d+", doc)):
+                if doc.count(word) != 1 or re.search(rf"[\w-]{word}|{word}[\w-]", doc):
+                    continue  # not a whole word that occurs exactly once
+                got = tasks.validate("corpus", word, level, document=doc)
+                if word.isdigit() or word in derived:
+                    assert isinstance(got, tasks.Task) and got.steps, (doc, word, got)
+                    accepted += 1
+                else:
+                    assert isinstance(got, str) and "does not determine" in got, (doc, word)
+                    rejected += 1
+    assert rejected > 100 and accepted > 100
+    for level in tasks.LEVELS:
+        for t in draws("corpus", level, 30, seed=5):
+            got = tasks.validate("corpus", tasks.pose_text(t), level, document=t.data[0])
+            assert got == t and got.steps, (t, got)
+
+
 def test_validate_rejects_invalid_posings():
     head = "Find a,b,c (1=true, 0=false) so that all hold:\n"
     assert "2 satisfying" in tasks.validate("deduction", head + "a|b\n~c\na->b", 1)
