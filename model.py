@@ -8,7 +8,9 @@ What lives here, top to bottom:
      loss, last-token logits) on the final hidden states *inside* forward, so that under FSDP2
      the head sees the full, unsharded `lm_head` weight;
   3. sampling with our own decode loop over a KV cache (left-padded ragged prompts, greedy /
-     temperature / top-p, eos or budget), returning the new tokens and their log-probs;
+     temperature / top-p, eos or budget), returning the new tokens and their log-probs; for
+     Llama-family models the loop calls the layers' weights directly with a preallocated
+     cache (`lean_decoder`), else it goes through the Hugging Face forward;
   4. teacher-forced hidden states and log-probs of given completions;
   5. FSDP2 sharding and a context that gathers the parameters once for a whole rollout phase;
   6. checkpoints: a Hugging Face export and a resumable training state, both atomic.

@@ -72,8 +72,8 @@ class Config:
     model: str = ""             # input model directory; "" builds the tiny default
     out: str = "runs/tiny"      # run directory of this stage (or of the whole pipeline)
     steps: int = 0              # optimizer steps of the stage; 0 = that stage's default below
-    warmup_steps: int = 300     # default steps of warmup
-    rl_steps: int = 60          # default steps of alive / align / domain
+    warmup_steps: int = 240     # default steps of warmup
+    rl_steps: int = 30          # default steps of alive / align / domain
     refine_steps: int = 30      # default steps of refine
     seed: int = 0               # every step's randomness derives from (seed, step, rank)
     resume: bool = False        # continue from <out>/state
