@@ -34,6 +34,8 @@ is scaled by the world size, since FSDP averages gradients over ranks.
 Simplifications, stated plainly:
   - one optimizer step per rollout batch, so pi_old = pi_theta at the step and r_t = 1
     (the clip only acts if you raise `ppo_epochs`);
+  - a seed none of whose M posings is valid is solved on an environment task of the same
+    family and level (the poser still gets -1), so the other roles learn while it learns;
   - p_hat (the poser's solve rate) and the revision's correctness come from the verifier,
     which exists for every task family here; the judge's verdict enters the solver's reward
     with weight 1 - alpha, alpha annealed from 1 to `alpha_floor` over `alpha_steps`;
@@ -72,8 +74,8 @@ class Config:
     model: str = ""             # input model directory; "" builds the tiny default
     out: str = "runs/tiny"      # run directory of this stage (or of the whole pipeline)
     steps: int = 0              # optimizer steps of the stage; 0 = that stage's default below
-    warmup_steps: int = 240     # default steps of warmup
-    rl_steps: int = 30          # default steps of alive / align / domain
+    warmup_steps: int = 360     # default steps of warmup
+    rl_steps: int = 60          # default steps of alive / align / domain
     refine_steps: int = 30      # default steps of refine
     seed: int = 0               # every step's randomness derives from (seed, step, rank)
     resume: bool = False        # continue from <out>/state
@@ -86,7 +88,7 @@ class Config:
     lr_warmup: int = 10         # linear learning-rate warm-up steps
     grad_clip: float = 1.0      # max global grad norm
     batch: int = 32             # warmup: demonstrations per step (per rank: batch / world)
-    seeds: int = 4              # alive: seeds (problem families x levels) per step, all ranks
+    seeds: int = 8              # alive: seeds (problem families x levels) per step, all ranks
     posings: int = 2            # alive: M posings per seed
     solutions: int = 4          # alive: N solutions per valid posing
     temperature: float = 1.0    # rollout sampling temperature
@@ -108,7 +110,7 @@ class Config:
     dpo_beta: float = 0.1       # refine: DPO temperature
     save_every: int = 20        # steps between resumable checkpoints
     eval_n: int = 200           # held-out solver items per evaluation in `all`
-    compare_minutes: float = 5.0  # compare: wall minutes of each of the three arms
+    compare_minutes: float = 4.0  # compare: wall minutes of each of the three arms
     compare_eval_n: int = 600   # compare: held-out items for the final table
     hints: bool = False         # prepend format hints to role prompts (chat models that never saw them)
     threads: int = 0            # CPU threads per process; 0 = cores / ranks
@@ -332,30 +334,37 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     posed = [tasks.validate(plan[i][0], roles.parse_pose(p.text) or "", plan[i][1], docs[i])
              for i, p in zip(seeds, poses)]
     valid = [isinstance(t, tasks.Task) for t in posed]
-    # 2. solve: N solutions per valid posing
-    live = [k for k, ok in enumerate(valid) if ok]
-    owner = [k for k in live for _ in range(cfg.solutions)]
-    sols = sample_texts(policy, tok, [roles.solve_prompt(posed[k].prompt) for k in owner], cfg, gen)
-    truth = [verified(posed[k], s.text) for k, s in zip(owner, sols)]
+    # 2. solve: N solutions per problem. A seed none of whose posings is valid is solved on an
+    #    environment task of its family and level, so solver, judge and reviser keep learning
+    #    while the poser is still learning to pose.
+    problems = [t for t in posed if isinstance(t, tasks.Task)]
+    posing_of = [k for k, ok in enumerate(valid) if ok]  # problem index -> its posing
+    for i, (family, level) in enumerate(plan):
+        if not any(valid[k] for k, seed in enumerate(seeds) if seed == i):
+            problems.append(tasks.sample(family, level, rng, "train"))
+    owner = [p for p in range(len(problems)) for _ in range(cfg.solutions)]
+    sols = sample_texts(policy, tok, [roles.solve_prompt(problems[p].prompt) for p in owner],
+                        cfg, gen)
+    truth = [verified(problems[p], s.text) for p, s in zip(owner, sols)]
     # 3. judge every solution in words, with the reference answer in view
-    judge_prompts = [roles.judge_prompt(posed[k].prompt, posed[k].answer, s.text)
-                     for k, s in zip(owner, sols)]
+    judge_prompts = [roles.judge_prompt(problems[p].prompt, problems[p].answer, s.text)
+                     for p, s in zip(owner, sols)]
     judgements = sample_texts(policy, tok, judge_prompts, cfg, gen)
     verdicts = [roles.parse_verdict(j.text) for j in judgements]
     # 4. revise what the judge did not accept, conditioned on its critique
     redo = [j for j, v in enumerate(verdicts) if v is not True]
-    revisions = sample_texts(policy, tok, [roles.revise_prompt(posed[owner[j]].prompt,
+    revisions = sample_texts(policy, tok, [roles.revise_prompt(problems[owner[j]].prompt,
                                                                sols[j].text, judgements[j].text)
                                            for j in redo], cfg, gen)
-    gains = [R.revision_gain(truth[j], verified(posed[owner[j]], r.text))
+    gains = [R.revision_gain(truth[j], verified(problems[owner[j]], r.text))
              for j, r in zip(redo, revisions)]
     # 5. rewards per role
-    solve_rate = {k: 0.0 for k in live}
-    for k, t in zip(owner, truth):
-        solve_rate[k] += t / cfg.solutions
-    rates = [solve_rate.get(k, 0.0) for k in range(len(posed))]
-    dup = R.duplicate_posings([t.prompt if ok else None for t, ok in zip(posed, valid)],
-                              [f for f, _ in (plan[i] for i in seeds)])
+    rates = [0.0] * len(posed)  # p_hat of each posing: its solutions' verified solve rate
+    for p, t in zip(owner, truth):
+        if p < len(posing_of):
+            rates[posing_of[p]] += t / cfg.solutions
+    families = [plan[i][0] for i in seeds]
+    dup = R.duplicate_posings([t.prompt if ok else None for t, ok in zip(posed, valid)], families)
     pose_r = R.poser_rewards(rates, valid, dup)
     alpha = R.alpha_schedule(step, cfg.alpha_steps, cfg.alpha_floor)
     solve_r = R.solver_rewards(verdicts, truth, alpha)
@@ -363,8 +372,10 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     for j, g in zip(redo, gains):
         critique_gain[j] = g
     judge_r = [a + g for a, g in zip(R.judge_rewards(verdicts, truth), critique_gain)]
-    # 6. group-normalised advantages; token credit from the judge's pointer
-    pose_a, pose_k = R.group_advantages(pose_r, seeds)
+    # 6. group-normalised advantages; token credit from the judge's pointer. Posers are compared
+    #    with every poser of their family in the batch: within one seed all are often invalid
+    #    (no spread, no signal) early on.
+    pose_a, pose_k = R.group_advantages(pose_r, [tasks.FAMILIES.index(f) for f in families])
     solve_a, solve_k = R.group_advantages(solve_r, owner)
     judge_a, judge_k = R.group_advantages(judge_r, owner)
     rev_a, rev_k = R.group_advantages(gains, [owner[j] for j in redo])
@@ -379,11 +390,10 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
              "reward/revise": gains, "acc/solve": [float(t) for t in truth],
              "pose_validity": [float(v) for v in valid],
              "judge_agreement": R.judge_rewards(verdicts, truth)}
-    solved = [(posed[k].family, posed[k].level, float(t)) for k, t in zip(owner, truth)]
-    shown = [{"pose": poses[k].text, "valid": valid[k],
+    solved = [(problems[p].family, problems[p].level, float(t)) for p, t in zip(owner, truth)]
+    shown = [{"pose": poses[0].text, "valid": valid[0], "problem": problems[0].prompt,
               "solutions": [{"text": sols[j].text, "critique": judgements[j].text,
-                             "correct": truth[j]} for j in range(len(sols)) if owner[j] == k]}
-             for k in live[:1]]
+                             "correct": truth[j]} for j in range(len(sols)) if owner[j] == 0]}]
     return samples, stats, solved, shown
 
 
@@ -540,8 +550,8 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
     bar = tqdm(range(start, steps), disable=not M.is_main(), desc=stage, dynamic_ncols=True)
     for step in bar:
         began = time.time()
-        for group in optimizer.param_groups:  # linear warm-up, then constant
-            group["lr"] = lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_factor(cfg, stage, step, steps)
         metrics, shown = step_fn(policy, optimizer, tok, cfg, step, rank, state)
         metrics.update(stage=stage, step=step, lr=optimizer.param_groups[0]["lr"],
                        seconds=time.time() - began)
@@ -560,6 +570,16 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
             break
     M.save_hf(policy, tok, os.path.join(out, "model"))
     return os.path.join(out, "model")
+
+
+def lr_factor(cfg, stage, step, steps):
+    """Linear warm-up, then constant for RL stages and cosine decay to 10% for NLL stages (a
+    small model trained by NLL ends clearly lower with the decay). The compare arms run to a
+    deadline, not a step count, so they stay constant."""
+    warm = min(1.0, (step + 1) / max(1, cfg.lr_warmup))
+    if stage != "warmup" or steps >= 10**6:
+        return warm
+    return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
 
 
 def batch_figures(cfg, stage):

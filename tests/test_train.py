@@ -149,11 +149,20 @@ def test_align_merge_domain_refine(tiny, tmp_path):
         assert len(lines(f"{tmp_path}/{stage}/metrics.jsonl")) == 1
 
 
-def test_resume_repeats_the_uninterrupted_run(tiny, tmp_path):
+def test_resume_repeats_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    for stage in ("warmup", "alive"):
+    for stage, name in (("warmup", "warmup_step"), ("alive", "rl_step")):
         run(f"--stage={stage}", f"--model={tiny}", f"--out={straight}/{stage}", "--steps=4")
-        run(f"--stage={stage}", f"--model={tiny}", f"--out={resumed}/{stage}", "--steps=2")
+        step_fn = getattr(train, name)
+
+        def crash_at_2(policy, optimizer, tok, cfg, step, rank, state):
+            if step == 2:
+                raise RuntimeError("simulated crash")
+            return step_fn(policy, optimizer, tok, cfg, step, rank, state)
+        monkeypatch.setattr(train, name, crash_at_2)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run(f"--stage={stage}", f"--model={tiny}", f"--out={resumed}/{stage}", "--steps=4")
+        monkeypatch.setattr(train, name, step_fn)
         run(f"--stage={stage}", f"--model={tiny}", f"--out={resumed}/{stage}", "--steps=4",
             "--resume")
         a, b = weights(f"{straight}/{stage}/model"), weights(f"{resumed}/{stage}/model")
