@@ -266,8 +266,15 @@ def raw_document(rng, cfg, level=None):
 CORPUS = {}  # path -> documents, read once per process
 
 
+def step_randomness(cfg, step, rank):
+    """The step's task RNG and sampling generator, from (seed, step, rank) alone: a resumed
+    run draws exactly what the uninterrupted one drew."""
+    return (random.Random(f"{cfg.seed}/{step}/{rank}"),
+            torch.Generator().manual_seed(hash((cfg.seed, step, rank)) % 2**31))
+
+
 def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
-    rng = random.Random(f"{cfg.seed}/{step}/{rank}")
+    rng, _ = step_randomness(cfg, step, rank)
     samples = [demonstration(rng, tok, cfg) for _ in range(max(1, cfg.batch // world()))]
     metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
     return metrics, []
@@ -414,8 +421,7 @@ def update_curriculum(curriculum, history, solved, cfg):
 
 def rl_step(policy, optimizer, tok, cfg, step, rank, state):
     """One self-play (or scalar-baseline) step; `state` carries the curriculum across steps."""
-    rng = random.Random(f"{cfg.seed}/{step}/{rank}")
-    gen = torch.Generator().manual_seed(hash((cfg.seed, step, rank)) % 2**31)
+    rng, gen = step_randomness(cfg, step, rank)
     plan = seed_plan(rng, cfg, state["curriculum"], max(1, cfg.seeds // world()))
     policy.eval()
     if cfg.reward == "scalar":
@@ -446,8 +452,7 @@ def refine_step(policy, optimizer, tok, cfg, step, rank, state):
     """Alignment via refinement: solve, two self-critiques per solution, one revision from each;
     DPO on refine.refinement_pairs (right over wrong of revision and original; best over worst
     critique by revision gain) plus NLL on the long refinement thoughts that fixed an answer."""
-    rng = random.Random(f"{cfg.seed}/{step}/{rank}")
-    gen = torch.Generator().manual_seed(hash((cfg.seed, step, rank)) % 2**31)
+    rng, gen = step_randomness(cfg, step, rank)
     plan = seed_plan(rng, cfg, state["curriculum"], max(1, cfg.seeds // world()))
     task_of = {}
     for f, lvl in plan:
@@ -551,7 +556,7 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
     for step in bar:
         began = time.time()
         for group in optimizer.param_groups:
-            group["lr"] = lr * lr_factor(cfg, stage, step, steps)
+            group["lr"] = lr * lr_factor(cfg, stage, step, None if deadline else steps)
         metrics, shown = step_fn(policy, optimizer, tok, cfg, step, rank, state)
         metrics.update(stage=stage, step=step, lr=optimizer.param_groups[0]["lr"],
                        seconds=time.time() - began)
@@ -573,11 +578,11 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
 
 
 def lr_factor(cfg, stage, step, steps):
-    """Linear warm-up, then constant for RL stages and cosine decay to 10% for NLL stages (a
-    small model trained by NLL ends clearly lower with the decay). The compare arms run to a
-    deadline, not a step count, so they stay constant."""
+    """Linear warm-up, then constant for RL stages and cosine decay to 10% over `steps` for the
+    NLL warm-up (a small model trained by NLL ends clearly lower with the decay). A run that
+    ends at a deadline (`steps` None) has no horizon to decay over and stays constant."""
     warm = min(1.0, (step + 1) / max(1, cfg.lr_warmup))
-    if stage != "warmup" or steps >= 10**6:
+    if stage != "warmup" or steps is None:
         return warm
     return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
 
