@@ -313,14 +313,21 @@ def rl_samples(role, completions, advantages, keep, credits=None):
     return out
 
 
-def seed_plan(rng, cfg, curriculum, per_rank):
+def seed_plan(rng, cfg, curriculum):
+    """This rank's share of the step's seeds: (family, its curriculum level) each."""
     families = cfg.families.split(",")
-    return [(f, curriculum[f]) for f in (rng.choice(families) for _ in range(per_rank))]
+    return [(f, curriculum[f]) for f in (rng.choice(families)
+                                         for _ in range(max(1, cfg.seeds // world())))]
+
+
+def environment_tasks(plan, rng, cfg):
+    """`posings` tasks drawn by the environment for every seed of the plan."""
+    return [tasks.sample(f, lvl, rng, "train") for f, lvl in plan for _ in range(cfg.posings)]
 
 
 def scalar_rollouts(policy, tok, cfg, plan, rng, gen):
     """The baseline: environment tasks, N solutions each, reward = exact match (GRPO)."""
-    task_list = [tasks.sample(f, lvl, rng, "train") for f, lvl in plan for _ in range(cfg.posings)]
+    task_list = environment_tasks(plan, rng, cfg)
     prompts = [roles.solve_prompt(t.prompt) for t in task_list for _ in range(cfg.solutions)]
     sols = sample_texts(policy, tok, prompts, cfg, gen)
     owner = [i for i in range(len(task_list)) for _ in range(cfg.solutions)]
@@ -422,7 +429,7 @@ def update_curriculum(curriculum, history, solved, cfg):
 def rl_step(policy, optimizer, tok, cfg, step, rank, state):
     """One self-play (or scalar-baseline) step; `state` carries the curriculum across steps."""
     rng, gen = step_randomness(cfg, step, rank)
-    plan = seed_plan(rng, cfg, state["curriculum"], max(1, cfg.seeds // world()))
+    plan = seed_plan(rng, cfg, state["curriculum"])
     policy.eval()
     if cfg.reward == "scalar":
         samples, stats, solved, shown = scalar_rollouts(policy, tok, cfg, plan, rng, gen)
@@ -453,12 +460,8 @@ def refine_step(policy, optimizer, tok, cfg, step, rank, state):
     DPO on refine.refinement_pairs (right over wrong of revision and original; best over worst
     critique by revision gain) plus NLL on the long refinement thoughts that fixed an answer."""
     rng, gen = step_randomness(cfg, step, rank)
-    plan = seed_plan(rng, cfg, state["curriculum"], max(1, cfg.seeds // world()))
-    task_of = {}
-    for f, lvl in plan:
-        for _ in range(cfg.posings):
-            task = tasks.sample(f, lvl, rng, "train")
-            task_of[task.prompt] = task
+    plan = seed_plan(rng, cfg, state["curriculum"])
+    task_of = {t.prompt: t for t in environment_tasks(plan, rng, cfg)}
     problems = list(task_of)
     policy.eval()
     sols = sample_texts(policy, tok, [roles.solve_prompt(p) for p in problems], cfg, gen)
