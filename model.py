@@ -398,6 +398,16 @@ def setup_distributed():
     return rank, world, torch.device("cpu")
 
 
+def teardown_distributed():
+    """Leave the process group together. Without the barrier a rank that finishes first can tear
+    down its gloo connections while a peer still works, and dies with SIGABRT ("terminate called
+    without an active exception"); call this only on the success path, since a rank that failed
+    would leave its peers waiting here."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def decoder_layers(lm):
     return lm.base_model.layers  # Llama, Qwen2 and Mistral all keep them here
 

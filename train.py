@@ -726,9 +726,5 @@ def compare(cfg):
 
 
 if __name__ == "__main__":
-    config = parse_args(sys.argv[1:])
-    try:
-        run(config)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    run(parse_args(sys.argv[1:]))
+    M.teardown_distributed()  # on an error torchrun stops the other ranks itself

@@ -8,7 +8,6 @@ import os
 import sys
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 import model as M
@@ -71,5 +70,4 @@ if rank == 0:
         assert torch.equal(full[k], again[k]), f"state reload changed {k}"
     torch.save(full, os.path.join(out_dir, f"params_world{world}.pt"))
     torch.save(rollout.tokens, os.path.join(out_dir, f"rollout_world{world}.pt"))
-if dist.is_initialized():
-    dist.destroy_process_group()
+M.teardown_distributed()

@@ -143,7 +143,7 @@ def test_fsdp_two_ranks_match_one_process(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                            "--master_port=29517", worker, str(tmp_path)],
+                            "--standalone", worker, str(tmp_path)],
                            env=env, capture_output=True, text=True, timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
     one = torch.load(tmp_path / "params_world1.pt")

@@ -216,7 +216,7 @@ def test_torchrun_two_ranks_alive(tiny, tmp_path):
     out = str(tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--master_port=29533", os.path.join(ROOT, "train.py"),
+                             "--standalone", os.path.join(ROOT, "train.py"),
                              "--stage=alive", f"--model={tiny}", f"--out={out}", "--steps=2",
                              "--threads=1"] + FAST, cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
