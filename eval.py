@@ -369,7 +369,7 @@ def comparison_table(reports):
              for lv in levels]
     rows.append(("accuracy, levels 3 and up", lambda r: pooled(
         [r["greedy"]["level"].get(lv) for lv in levels if int(lv) >= 3])))
-    rows.append((f"pass@1 sampled", lambda r: (r["sampled"] or {}).get("pass@1", {}).get("overall")))
+    rows.append(("pass@1 sampled", lambda r: (r["sampled"] or {}).get("pass@1", {}).get("overall")))
     rows.append(("judge agreement", lambda r: (r["judge"] or {}).get("agreement", {}).get("overall")))
     out = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for label, get in rows:

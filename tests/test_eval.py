@@ -7,6 +7,7 @@ without matplotlib.
 Run: python -m pytest -q tests/test_eval.py
 """
 
+import itertools
 import json
 import math
 import os
@@ -17,11 +18,12 @@ import sys
 
 import pytest
 
+import eval as ev
+import model
+import roles
+import tasks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import eval as ev  # noqa: E402
-import roles  # noqa: E402
-import tasks  # noqa: E402
 
 SMALL = dict(n=40, samples=2, n_judge=20, n_pose=20, seed=3)
 
@@ -235,7 +237,6 @@ def test_held_out_items_are_fixed_spread_and_held_out():
 
 
 def test_pass_at_matches_enumeration():
-    import itertools
     for k in (1, 2, 4, 5):
         for c in range(k + 1):
             draws = [1] * c + [0] * (k - c)
@@ -255,7 +256,6 @@ def test_mean_se_closed_form():
 # ----------------------------------------------------------------------------- the real thing
 
 def test_tiny_model_end_to_end_through_the_cli(tmp_path):
-    import model
     model.build_tiny(str(tmp_path / "m"), hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                      intermediate_size=64)
     out = tmp_path / "sub" / "e.json"

@@ -14,9 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import merge as merge_mod  # noqa: E402
-from merge import merge, merge_tensor  # noqa: E402
+import merge as merge_mod
+from merge import merge, merge_tensor
 
 CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
 SHAPES = {"a.weight": (6, 5), "b.bias": (7,), "c.scale": (3, 4, 2)}

@@ -16,11 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tiny") / "model")
-    M.build_tiny(path, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                 intermediate_size=128, seed=1)
-    return path
+def tiny(build_tiny_model):
+    return build_tiny_model(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                            intermediate_size=128, seed=1)
 
 
 def qwen2_untied(path):

@@ -4,16 +4,13 @@ escaping that a model cannot undo, and strict parsers fed by an adversary.
 Run: python -m pytest -q tests/test_roles.py
 """
 
-import os
 import random
-import sys
 import time
 import types
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import roles  # noqa: E402
+import roles
 
 PARSERS = (roles.parse_answer, roles.parse_verdict, roles.parse_pointer, roles.parse_pose)
 

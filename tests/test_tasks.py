@@ -6,13 +6,10 @@ import itertools
 import json
 import random
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tasks  # noqa: E402
+import tasks
 
 
 def draws(family, level, n, seed=0):

@@ -1,0 +1,19 @@
+"""Shared by every test: the project root on sys.path (so `pytest` works from any directory,
+not only `python -m pytest` from the root), and tiny char-level Llamas built on the spot."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model as M  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def build_tiny_model(tmp_path_factory):
+    """build(**sizes) -> the directory of a fresh tiny model of those sizes (model.build_tiny)."""
+    def build(**sizes):
+        path = str(tmp_path_factory.mktemp("tiny") / "model")
+        M.build_tiny(path, **sizes)
+        return path
+    return build
