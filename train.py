@@ -104,6 +104,7 @@ class Config:
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
+    demo_mix: str = "4,3,2,1,1"  # warmup: relative frequency of solve,judge,revise,pose,text demos
     merge_method: str = "task_arithmetic"  # merge: linear|task_arithmetic|ties|dare
     merge_density: float = 0.5  # merge: ties/dare density
     merge_models: str = ""      # merge: comma-separated model dirs; "" = <out>/../align_<ability>/model
@@ -145,6 +146,16 @@ def parse_args(argv):
     bad = [f for f in cfg.families.split(",") if f not in tasks.FAMILIES]
     if bad:
         sys.exit(f"train.py: --families has {bad}; valid: {', '.join(tasks.FAMILIES)}")
+    try:
+        levels = [int(x) for x in cfg.demo_levels.split(",")]
+        mix = [float(x) for x in cfg.demo_mix.split(",")]
+    except ValueError:
+        sys.exit("train.py: --demo_levels and --demo_mix take comma-separated numbers")
+    if not set(levels) <= set(tasks.LEVELS):
+        sys.exit(f"train.py: --demo_levels={cfg.demo_levels!r}; levels are {tasks.LEVELS}")
+    if len(mix) != len(DEMO_KINDS) or min(mix) < 0 or sum(mix) <= 0:
+        sys.exit(f"train.py: --demo_mix={cfg.demo_mix!r} needs {len(DEMO_KINDS)} weights >= 0, "
+                 f"not all 0, for {','.join(DEMO_KINDS)}")
     if cfg.corpus:
         try:
             CORPUS[cfg.corpus] = tasks.load_corpus(cfg.corpus)
@@ -231,12 +242,15 @@ def nll_sample(tok, role, prompt, completion, cfg):
 
 # ----------------------------------------------------------------------------- warm-up
 
+DEMO_KINDS = ("solve", "judge", "revise", "pose", "text")
+
+
 def demonstration(rng, tok, cfg):
     """One NLL example of a random role on a level-1/2 task (corpus text for language modelling)."""
     families = cfg.families.split(",")
     family, level = rng.choice(families), rng.choice([int(x) for x in cfg.demo_levels.split(",")])
     task = tasks.sample(family, level, rng, "train")
-    kind = rng.choices(["solve", "judge", "revise", "pose", "text"], [4, 3, 2, 1, 1])[0]
+    kind = rng.choices(DEMO_KINDS, [float(x) for x in cfg.demo_mix.split(",")])[0]
     if kind == "solve":
         return nll_sample(tok, kind, roles.solve_prompt(task.prompt), tasks.solve(task), cfg)
     if kind == "judge":

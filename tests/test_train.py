@@ -5,6 +5,7 @@ Run: python -m pytest -q tests/test_train.py
 """
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 import model as M
+import roles
+import tasks
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,11 +26,9 @@ FAST = ["--max_new_tokens=24", "--seeds=2", "--posings=2", "--solutions=2", "--b
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tiny") / "model")
-    M.build_tiny(path, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                 intermediate_size=64, seed=0)
-    return path
+def tiny(build_tiny_model):
+    return build_tiny_model(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                            intermediate_size=64, seed=0)
 
 
 def run(*args):
@@ -68,9 +69,6 @@ def test_alive_both_rewards(tiny, tmp_path, reward):
 def scripted_roles(tok):
     """A test double for the sampler: poses valid instances, solves right and wrong in turn
     (wrong = one corrupted step), judges with the programmatic critic, revises correctly."""
-    import random
-    import roles
-    import tasks
     rng, memory = random.Random(0), {"tasks": {}, "solutions": []}
 
     def text_for(prompt):
@@ -104,8 +102,6 @@ def scripted_roles(tok):
 
 
 def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
-    import random
-    import roles
     policy, tok = M.load(tiny)
     monkeypatch.setattr(train, "sample_texts", scripted_roles(tok))
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=4", "--posings=2",
@@ -196,6 +192,8 @@ def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(tiny, tmp_path)
     (["--stage=nope"], "valid: warmup"),
     (["--nope=1"], "valid keys"),
     (["--steps=many"], "not a valid int"),
+    (["--demo_levels=1,7"], "levels are (1, 2, 3, 4, 5)"),
+    (["--demo_mix=1,2"], "needs 5 weights"),
     (["--stage=alive", "--model=/no/such/dir"], "not a model directory"),
 ])
 def test_bad_input_gives_one_clear_line(args, message, tmp_path):
