@@ -490,39 +490,63 @@ def long_thought(solution, critiques_and_revisions, final):
     return "\n".join(parts)
 
 
-def _score(verdict):
-    """A judgement as a number: True 1, False or unparsable 0, a float (a finer progress
-    score, e.g. from how late the first wrong step is) as is."""
-    if isinstance(verdict, bool) or verdict is None:
-        return float(bool(verdict))
-    return float(verdict)
+@dataclass
+class Round:
+    """One link of a refinement chain: a solution, its score (a verifier's 0/1, or any finer
+    progress score), and the critique and verdict written on it (None when the chain ended
+    before judging it)."""
+    solution: str
+    score: float
+    critique: str | None = None
+    verdict: bool | None = None
 
 
-def should_continue_refining(gains):
-    """Refine again only if the last round gained something (no round yet: go on)."""
-    return not gains or gains[-1] > 0
+def refine_rounds(judge_fn, revise_fn, score_fn, problems, solutions, max_rounds):
+    """Rounds of critique -> revise over many chains at once, with one judge_fn and one
+    revise_fn call per round, so a model can batch each role.
 
+    Chain i starts at solutions[i], an answer to problems[i].  Each round judges the current
+    solution of every live chain.  A chain ends when its judge accepts (verdict True), after
+    `max_rounds` revisions, or when its last revision did not raise the score (a revision
+    that fixed nothing is not revised again); every other chain is revised from its critique
+    and the revision scored.
 
-def refine_rounds(solve_fn, judge_fn, revise_fn, problem, max_rounds):
-    """Critique, then revise, up to `max_rounds` revisions; stop early when the judge accepts
-    the solution or a revision gains nothing.
-
-    solve_fn(problem) -> solution; judge_fn(problem, solution) -> (critique, verdict) with
-    verdict True/False/None or a float score in [0, 1]; revise_fn(problem, solution,
-    critique) -> solution.  Returns [(solution, critique, verdict), ...], first the
-    original, then each revision.  With yes/no verdicts a revision that is still rejected
-    gains nothing, so refinement stops there; a finer score lets it continue.
+    judge_fn(problems, solutions) -> [(critique, verdict)], verdict True / False / None;
+    revise_fn(problems, solutions, critiques) -> [solution];
+    score_fn(problem, solution) -> float.
+    Both are called exactly `max_rounds` times, with empty lists once no chain is live: under
+    FSDP every model call is a collective, so all ranks must make the same calls.
+    Returns one list of Rounds per chain, the original solution first.
     """
-    solution = solve_fn(problem)
-    critique, verdict = judge_fn(problem, solution)
-    history = [(solution, critique, verdict)]
-    gains = []
+    chains = [[Round(s, score_fn(p, s))] for p, s in zip(problems, solutions)]
+    live = list(range(len(chains)))
     for _ in range(max_rounds):
-        if _score(verdict) >= 1 or not should_continue_refining(gains):
-            break
-        solution = revise_fn(problem, solution, critique)
-        previous = verdict
-        critique, verdict = judge_fn(problem, solution)
-        history.append((solution, critique, verdict))
-        gains.append(_score(verdict) - _score(previous))
-    return history
+        judged = judge_fn([problems[i] for i in live], [chains[i][-1].solution for i in live])
+        for i, (critique, verdict) in zip(live, judged):
+            chains[i][-1].critique, chains[i][-1].verdict = critique, verdict
+        live = [i for i in live if chains[i][-1].verdict is not True]
+        revised = revise_fn([problems[i] for i in live], [chains[i][-1].solution for i in live],
+                            [chains[i][-1].critique for i in live])
+        for i, solution in zip(live, revised):
+            chains[i].append(Round(solution, score_fn(problems[i], solution)))
+        live = [i for i in live if chains[i][-1].score > chains[i][-2].score]
+    return chains
+
+
+def chain_records(problem, chains):
+    """RefinementRecords from chains that start at one solution of `problem`: that solution
+    with every chain's first critique (so critiques of the same solution compete), then one
+    record per later round (a revision against the solution it revised).  A critique that
+    accepted its solution has no revision, hence gain 0."""
+    first = chains[0][0]
+    records = [RefinementRecord(problem, first.solution, first.score >= 1)]
+    for chain in chains:
+        if chain[0].critique is not None:
+            revised = chain[1:2]
+            records[0].attempts.append(Attempt(chain[0].critique, [r.solution for r in revised],
+                                               [r.score >= 1 for r in revised]))
+        for before, after in zip(chain[1:], chain[2:]):
+            records.append(RefinementRecord(problem, before.solution, before.score >= 1,
+                                            [Attempt(before.critique, [after.solution],
+                                                     [after.score >= 1])]))
+    return records

@@ -16,9 +16,10 @@ Stages (each reads a model directory and writes `<out>/model`, `<out>/metrics.js
            match over that family's environment tasks.
   merge    the three aligned models through merge.py (task vectors).
   domain   self-play (the alive loop) from the merged model.
-  refine   alignment via refinement: solve, self-critique, revise; DPO on (right revision,
-           wrong original) and (best, worst critique by revision gain) pairs, NLL on long
-           refinement thoughts.
+  refine   alignment via refinement: solve, then rounds of self-critique -> revise (two
+           chains per solution, up to --refine_rounds revisions); DPO on (better, worse of a
+           revision and what it revised) and (best, worst first critique by revision gain)
+           pairs, NLL on long refinement thoughts.
   all      warmup, evaluate, alive, evaluate, print the before/after table.
   compare  from one warm-up checkpoint, equal wall time each: alive, --reward=scalar, and an
            SFT control (warm-up continued); evaluate all four on the same held-out items.
@@ -77,6 +78,7 @@ class Config:
     warmup_steps: int = 360     # default steps of warmup
     rl_steps: int = 60          # default steps of alive / align / domain
     refine_steps: int = 30      # default steps of refine
+    refine_rounds: int = 2      # refine: most critique -> revise rounds per chain
     seed: int = 0               # every step's randomness derives from (seed, step, rank)
     resume: bool = False        # continue from <out>/state
     ability: str = "deduction"  # align: which meta-ability (deduction|induction|abduction)
@@ -425,6 +427,15 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     return samples, stats, solved, shown
 
 
+def means_over_ranks(stats):
+    """{key: list of values on this rank} -> {key: mean over every rank's values, or None}."""
+    out = {}
+    for key, values in stats.items():
+        total, count = all_reduce([sum(values), len(values)])
+        out[key] = total / count if count else None
+    return out
+
+
 def update_curriculum(curriculum, history, solved, cfg):
     """Raise a family's level when the solver beats `promote` there, lower it below `demote`."""
     for family, level, correct in solved:
@@ -459,9 +470,7 @@ def rl_step(policy, optimizer, tok, cfg, step, rank, state):
     else:
         everyone = [solved]
     update_curriculum(state["curriculum"], state["history"], sum(everyone, []), cfg)
-    for key, values in stats.items():
-        total, count = all_reduce([sum(values), len(values)])
-        metrics[key] = total / count if count else None
+    metrics.update(means_over_ranks(stats))
     for role in ("pose", "solve", "judge", "revise"):
         lengths = [len(s.ids) for s in samples if s.role == role]
         metrics[f"len/{role}"] = sum(lengths) / len(lengths) if lengths else None
@@ -470,31 +479,42 @@ def rl_step(policy, optimizer, tok, cfg, step, rank, state):
 
 
 def refine_step(policy, optimizer, tok, cfg, step, rank, state):
-    """Alignment via refinement: solve, two self-critiques per solution, one revision from each;
-    DPO on refine.refinement_pairs (right over wrong of revision and original; best over worst
-    critique by revision gain) plus NLL on the long refinement thoughts that fixed an answer."""
+    """Alignment via refinement: solve each problem once, then two chains of up to
+    `refine_rounds` self-critique -> revise rounds from that solution (refine.refine_rounds);
+    DPO on refine.refinement_pairs (a revision against what it revised; the better of the two
+    first critiques by revision gain) plus NLL on the long refinement thoughts of the chains
+    that turned a wrong solution into a right one."""
     rng, gen = step_randomness(cfg, step, rank)
     plan = seed_plan(rng, cfg, state["curriculum"])
     task_of = {t.prompt: t for t in environment_tasks(plan, rng, cfg)}
     problems = list(task_of)
+
+    def judge(ps, solutions):
+        prompts = [roles.judge_prompt(p, task_of[p].answer, s) for p, s in zip(ps, solutions)]
+        return [(c.text, roles.parse_verdict(c.text))
+                for c in sample_texts(policy, tok, prompts, cfg, gen)]
+
+    def revise(ps, solutions, critiques):
+        prompts = [roles.revise_prompt(p, s, c) for p, s, c in zip(ps, solutions, critiques)]
+        return [r.text for r in sample_texts(policy, tok, prompts, cfg, gen)]
+
     policy.eval()
-    sols = sample_texts(policy, tok, [roles.solve_prompt(p) for p in problems], cfg, gen)
-    pairs_in = [(p, s) for p, s in zip(problems, sols) for _ in range(2)]
-    crits = sample_texts(policy, tok, [roles.judge_prompt(p, task_of[p].answer, s.text)
-                                       for p, s in pairs_in], cfg, gen)
-    revs = sample_texts(policy, tok, [roles.revise_prompt(p, s.text, c.text)
-                                      for (p, s), c in zip(pairs_in, crits)], cfg, gen)
+    sols = [s.text for s in sample_texts(policy, tok, [roles.solve_prompt(p) for p in problems],
+                                         cfg, gen)]
+    chains = R.refine_rounds(judge, revise, lambda p, s: float(verified(task_of[p], s)),
+                             [p for p in problems for _ in range(2)],
+                             [s for s in sols for _ in range(2)], cfg.refine_rounds)
     policy.train()
     records, thoughts = [], []
-    for i, (p, s) in enumerate(zip(problems, sols)):
-        record = R.RefinementRecord(p, s.text, verified(task_of[p], s.text))
-        for c, r in zip(crits[2 * i:2 * i + 2], revs[2 * i:2 * i + 2]):
-            fixed = verified(task_of[p], r.text)
-            record.attempts.append(R.Attempt(c.text, [r.text], [fixed]))
-            if fixed and not record.correct:
-                thoughts.append(nll_sample(tok, "refine", roles.solve_prompt(p),
-                                           R.long_thought(s.text, [(c.text, r.text)], r.text), cfg))
-        records.append(record)
+    for i, p in enumerate(problems):
+        pair_of_chains = chains[2 * i:2 * i + 2]
+        records += R.chain_records(p, pair_of_chains)
+        for chain in pair_of_chains:
+            if chain[0].score < 1 <= chain[-1].score:
+                text = R.long_thought(chain[0].solution,
+                                      [(a.critique, b.solution) for a, b in zip(chain, chain[1:])],
+                                      roles.parse_answer(chain[-1].solution))
+                thoughts.append(nll_sample(tok, "refine", roles.solve_prompt(p), text, cfg))
     samples = []
     for pair in R.refinement_pairs(records):
         prompt = (roles.solve_prompt(pair.problem) if pair.role == "solve" else
@@ -502,10 +522,11 @@ def refine_step(policy, optimizer, tok, cfg, step, rank, state):
         samples += [nll_sample(tok, pair.role, prompt, pair.chosen, cfg),
                     nll_sample(tok, pair.role, prompt, pair.rejected, cfg)]
     metrics = dpo_update(policy, optimizer, samples, thoughts, cfg, tok.pad_token_id)
-    gains = [R.revision_gain(rec.correct, ok) for rec in records for a in rec.attempts
-             for ok in a.revisions_correct]
-    metrics.update({"reward/revise": sum(gains) / len(gains), "pairs": len(samples) // 2,
-                    "acc/solve": sum(rec.correct for rec in records) / len(records)})
+    metrics.update(means_over_ranks({
+        "reward/revise": [b.score - a.score for chain in chains for a, b in zip(chain, chain[1:])],
+        "revisions": [len(chain) - 1 for chain in chains],
+        "acc/solve": [float(chain[0].score >= 1) for chain in chains[::2]]}))
+    metrics["pairs"], metrics["thoughts"] = all_reduce([len(samples) // 2, len(thoughts)])
     return metrics, []
 
 
@@ -607,7 +628,10 @@ def lr_factor(cfg, stage, step, steps):
 def batch_figures(cfg, stage):
     if stage in ("warmup", "sft"):
         return f"{cfg.batch} demonstrations"
-    if cfg.reward == "scalar" or stage in ("align", "refine"):
+    if stage == "refine":
+        return (f"{cfg.seeds * cfg.posings} tasks x 1 solution x 2 critique chains of up to "
+                f"{cfg.refine_rounds} revisions")
+    if cfg.reward == "scalar" or stage == "align":
         return f"{cfg.seeds * cfg.posings} tasks x {cfg.solutions} solutions"
     return (f"{cfg.seeds} seeds x {cfg.posings} posings x {cfg.solutions} solutions, each judged "
             f"and revised if rejected: up to {cfg.seeds * cfg.posings * (1 + 3 * cfg.solutions)} rollouts")

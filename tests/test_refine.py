@@ -11,7 +11,7 @@ import torch
 
 from refine import (Attempt, RefinementRecord, alpha_schedule, critique_rewards,
                     group_advantages, judge_rewards, long_thought, near_duplicate, poser_rewards,
-                    refine_rounds, refinement_pairs, revision_gain, should_continue_refining,
+                    refine_rounds, refinement_pairs, revision_gain,
                     solver_rewards, token_credit)
 
 
@@ -93,47 +93,73 @@ def test_long_thought_format():
     assert long_thought("Answer: 5", [], "5") == "Answer: 5\nFinal:\nAnswer: 5"
 
 
-def test_should_continue_refining():
-    assert should_continue_refining([])
-    assert should_continue_refining([0.0, 0.5])
-    assert not should_continue_refining([0.5, 0.0])
-    assert not should_continue_refining([-1.0])
-
-
-def fakes(judgements, revisions):
+def scripted_refinement(verdicts, revisions, scores):
+    """judge/revise/score doubles over solution names, recording every call they get."""
     calls = []
 
-    def solve(problem):
-        return "s0"
+    def judge(problems, solutions):
+        calls.append(("judge", list(solutions)))
+        return [(f"c({s})", verdicts[s]) for s in solutions]
 
-    def judge(problem, solution):
-        calls.append(solution)
-        return judgements[solution]
-
-    def revise(problem, solution, critique):
-        return revisions[solution]
-    return solve, judge, revise, calls
-
-
-def test_refine_rounds_stops_when_accepted():
-    solve, judge, revise, calls = fakes(
-        {"s0": ("Step 1 is wrong.", False), "s1": ("All steps hold.", True)},
-        {"s0": "s1"})
-    history = refine_rounds(solve, judge, revise, "P", max_rounds=5)
-    assert history == [("s0", "Step 1 is wrong.", False), ("s1", "All steps hold.", True)]
-    assert calls == ["s0", "s1"]
+    def revise(problems, solutions, critiques):
+        calls.append(("revise", list(solutions)))
+        assert critiques == [f"c({s})" for s in solutions]  # each revision reads its critique
+        return [revisions[s] for s in solutions]
+    return judge, revise, lambda problem, solution: scores[solution], calls
 
 
-def test_refine_rounds_stops_without_gain_and_at_max_rounds():
-    solve, judge, revise, _ = fakes({"s0": ("c0", False), "s1": ("c1", None), "s2": ("c2", True)},
-                                    {"s0": "s1", "s1": "s2"})
-    assert [h[0] for h in refine_rounds(solve, judge, revise, "P", 5)] == ["s0", "s1"]
-    # a finer score keeps refining while it rises, and max_rounds bounds the revisions
-    solve, judge, revise, _ = fakes({"s0": ("c0", 0.2), "s1": ("c1", 0.5), "s2": ("c2", 0.7),
-                                     "s3": ("c3", 0.7)}, {"s0": "s1", "s1": "s2", "s2": "s3"})
-    assert [h[0] for h in refine_rounds(solve, judge, revise, "P", 5)] == ["s0", "s1", "s2", "s3"]
-    assert [h[0] for h in refine_rounds(solve, judge, revise, "P", 1)] == ["s0", "s1"]
-    assert [h[0] for h in refine_rounds(solve, judge, revise, "P", 0)] == ["s0"]
+def test_refine_rounds_batches_chains_and_stops_each_on_its_own_rule():
+    verdicts = {"a0": False, "a1": False, "b0": True, "c0": False, "d0": False, "d1": False,
+                "d2": False, "e0": False, "e1": True}
+    revisions = {"a0": "a1", "a1": "a2", "c0": "c1", "d0": "d1", "d1": "d2", "d2": "d3",
+                 "e0": "e1"}
+    scores = {"a0": 0, "a1": 1, "a2": 1, "b0": 0, "c0": 0, "c1": 0,
+              "d0": 0.2, "d1": 0.5, "d2": 0.7, "d3": 0.9, "e0": 0, "e1": 1}
+    judge, revise, score, calls = scripted_refinement(verdicts, revisions, scores)
+    chains = refine_rounds(judge, revise, score, list("ABCDE"), ["a0", "b0", "c0", "d0", "e0"],
+                           max_rounds=3)
+    # a: fixed, rejected anyway, and the second revision gains nothing (it stays right);
+    # b: accepted at once; c: the revision gains nothing; d: rises every round until
+    # max_rounds; e: fixed, then accepted. Chains that end on a revision leave it unjudged.
+    assert [[r.solution for r in chain] for chain in chains] == [
+        ["a0", "a1", "a2"], ["b0"], ["c0", "c1"], ["d0", "d1", "d2", "d3"], ["e0", "e1"]]
+    assert [r.critique for r in chains[0]] == ["c(a0)", "c(a1)", None]
+    assert [(r.critique, r.verdict) for r in chains[4]] == [("c(e0)", False), ("c(e1)", True)]
+    assert [r.score for r in chains[3]] == [0.2, 0.5, 0.7, 0.9]
+    # one batched call per role per round
+    assert calls == [("judge", ["a0", "b0", "c0", "d0", "e0"]), ("revise", ["a0", "c0", "d0", "e0"]),
+                     ("judge", ["a1", "d1", "e1"]), ("revise", ["a1", "d1"]),
+                     ("judge", ["d2"]), ("revise", ["d2"])]
+    assert [[r.solution for r in c] for c in refine_rounds(judge, revise, score, ["B"], ["b0"], 0)] \
+        == [["b0"]]
+
+
+def test_refine_rounds_calls_every_round_even_with_no_live_chain():
+    judge, revise, score, calls = scripted_refinement({"s": True}, {}, {"s": 1})
+    assert [[r.solution for r in c] for c in refine_rounds(judge, revise, score, ["P"], ["s"], 2)] \
+        == [["s"]]
+    assert calls == [("judge", ["s"]), ("revise", []), ("judge", []), ("revise", [])]
+
+
+def test_chain_records_feed_refinement_pairs():
+    judge, revise, score, _ = scripted_refinement(
+        {"w": False, "r1": False}, {"w": "r1", "r1": "r2"}, {"w": 0, "r1": 1, "r2": 0})
+    # two chains from the same wrong solution "w": the first fixes it, then breaks the fix
+    chains = refine_rounds(judge, revise, score, ["P", "P"], ["w", "w"], 2)
+    records = refine.chain_records("P", chains)
+    assert [(r.solution, r.correct, [(a.critique, a.revisions, a.revisions_correct)
+                                     for a in r.attempts]) for r in records] == [
+        ("w", False, [("c(w)", ["r1"], [True]), ("c(w)", ["r1"], [True])]),
+        ("r1", True, [("c(r1)", ["r2"], [False])]),
+        ("r1", True, [("c(r1)", ["r2"], [False])])]
+    solve = [(p.chosen, p.rejected) for p in refinement_pairs(records) if p.role == "solve"]
+    assert solve == [("r1", "w"), ("r1", "w"), ("r1", "r2"), ("r1", "r2")]
+    # a critique that accepts a wrong solution gains 0 and loses to one that led to a fix
+    accepting = [[refine.Round("w", 0, "fine", True)],
+                 [refine.Round("w", 0, "step 1", False), refine.Round("r1", 1)]]
+    pairs = refinement_pairs(refine.chain_records("P", accepting))
+    assert [(p.role, p.chosen, p.rejected) for p in pairs] == [("solve", "r1", "w"),
+                                                              ("judge", "step 1", "fine")]
 
 
 def test_duplicate_posings_ignore_the_family_template():

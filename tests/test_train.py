@@ -66,30 +66,34 @@ def test_alive_both_rewards(tiny, tmp_path, reward):
     assert "level/deduction" in log[0] and "acc/solve" in log[0]
 
 
-def scripted_roles(tok):
+def scripted_roles(tok, known_tasks=None):
     """A test double for the sampler: poses valid instances, solves right and wrong in turn
-    (wrong = one corrupted step), judges with the programmatic critic, revises correctly."""
-    rng, memory = random.Random(0), {"tasks": {}, "solutions": []}
+    (wrong = corrupted until the final answer is wrong), judges with the programmatic critic,
+    revises correctly. It knows a problem's task from its own posing or from `known_tasks`."""
+    task_of = {} if known_tasks is None else known_tasks
+    rng, critique_of, solved = random.Random(0), {}, [0]
+
+    def shown_to_judge(task, text):  # remember the critique this text will need
+        critique_of[roles.judge_prompt(task.prompt, task.answer, text)] = tasks.critique(task, text)
+        return text
 
     def text_for(prompt):
         role = roles.role_of(prompt)
         if role == "pose":
             family, level = prompt.split("\n")[-2].split()[1:]
             task = tasks.sample(family, int(level), rng)
-            memory["tasks"][task.prompt] = task
+            task_of[task.prompt] = task
             return tasks.pose_text(task)
-        problem = prompt.split("#problem\n", 1)[1].split("\n#", 1)[0]
-        task = memory["tasks"][problem]
+        if role == "judge":
+            return critique_of[prompt]
+        task = task_of[prompt.split("#problem\n", 1)[1].split("\n#", 1)[0]]
         if role == "solve":
             text = tasks.solve(task)
-            while len(memory["solutions"]) % 2 == 1 and train.verified(task, text):
+            while solved[0] % 2 == 1 and train.verified(task, text):
                 text, _ = tasks.corrupt(task, rng)  # until the final answer is wrong too
-            memory["solutions"].append((task, text))
-            return text
-        if role == "judge":
-            task, solution = memory["solutions"].pop(0)
-            return tasks.critique(task, solution)
-        return tasks.solve(task)
+            solved[0] += 1
+            return shown_to_judge(task, text)
+        return shown_to_judge(task, tasks.solve(task))
 
     def sample_texts(policy, tok_, prompts, cfg, gen):
         out = []
@@ -128,6 +132,28 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
             assert all(c < 0 for st, c in zip(steps, s.coef) if st >= flagged)
     assert any(s.coef[0] == 0 for s in by_role["solve"])  # credit did split some solutions
     assert solved and all(correct in (0.0, 1.0) for _, _, correct in solved)
+
+
+def test_refine_pairs_and_thoughts_from_scripted_roles(tiny, tmp_path, monkeypatch):
+    """Half the solutions wrong, the critic catches each, the revision fixes it and is then
+    accepted: every wrong solution gives, per chain, one (revision > original) pair and one
+    long thought; right ones are accepted unrevised; two critiques that agree make no pair."""
+    known, environment_tasks = {}, train.environment_tasks
+
+    def remembered(plan, rng, cfg):
+        drawn = environment_tasks(plan, rng, cfg)
+        known.update({t.prompt: t for t in drawn})
+        return drawn
+    monkeypatch.setattr(train, "environment_tasks", remembered)
+    _, tok = M.load(tiny)
+    monkeypatch.setattr(train, "sample_texts", scripted_roles(tok, known))
+    out = str(tmp_path / "refine")
+    run("--stage=refine", f"--model={tiny}", f"--out={out}", "--steps=1")
+    [log] = lines(os.path.join(out, "metrics.jsonl"))
+    problems = 2 * 2  # FAST: 2 seeds x 2 posings
+    assert log["acc/solve"] == 0.5 and log["reward/revise"] == 1.0
+    assert log["thoughts"] == log["pairs"] == problems // 2 * 2  # wrong ones x two chains
+    assert log["revisions"] == 0.5  # one revision on each wrong one's chains, none on right
 
 
 def test_align_merge_domain_refine(tiny, tmp_path):
