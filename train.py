@@ -194,11 +194,12 @@ def train_on(policy, optimizer, samples, cfg, pad_id, mode):
     """Gradient of the fused loss over `samples` in micro-batches, then one optimizer step.
 
     Every rank runs the same number of micro-batches (an empty one trains a zero-coefficient
-    dummy), since each FSDP forward is a collective. Returns loss/entropy/grad-norm figures."""
+    dummy), since each FSDP forward is a collective. Returns loss/entropy/grad-norm figures,
+    and for the policy gradient the fraction of tokens whose ratio was clipped."""
     samples = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.ids))  # less padding
     global_tokens = all_reduce([sum(len(s.ids) for s in samples)])[0]
     n_micro = int(all_reduce([math.ceil(len(samples) / cfg.micro_batch)], dist.ReduceOp.MAX)[0])
-    totals = torch.zeros(3)
+    totals, clipped = torch.zeros(3), 0.0
     for k in range(n_micro):
         part = samples[k * cfg.micro_batch:(k + 1) * cfg.micro_batch]
         if not part:
@@ -217,7 +218,11 @@ def train_on(policy, optimizer, samples, cfg, pad_id, mode):
         loss, stats = M.run_head(policy, packed, head)
         (loss * world()).backward()
         totals += torch.tensor([loss.item(), stats["entropy"].item() * len(coef), len(coef)])
-    return finish_step(policy, optimizer, cfg, totals)
+        clipped += stats["clip_frac"].item() * len(coef) if mode == "pg" else 0.0
+    metrics = finish_step(policy, optimizer, cfg, totals)
+    if mode == "pg":
+        metrics["clip_frac"] = all_reduce([clipped])[0] / max(metrics["tokens"], 1)
+    return metrics
 
 
 def finish_step(policy, optimizer, cfg, totals):

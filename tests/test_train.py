@@ -64,6 +64,24 @@ def test_alive_both_rewards(tiny, tmp_path, reward):
     assert len(log) == 2 and os.path.isfile(os.path.join(out, "model", "model.safetensors"))
     assert ("pose_validity" in log[0]) == (reward == "verbal")
     assert "level/deduction" in log[0] and "acc/solve" in log[0]
+    assert all(0.0 <= x["clip_frac"] <= 1.0 for x in log)
+
+
+def test_clip_fraction_counts_tokens_outside_the_trust_region(tiny):
+    policy, tok = M.load(tiny)
+    cfg = train.parse_args([])
+    prompts, completions = [[1, 5, 6], [1, 7]], [[8, 9, 10], [11, 12]]
+    current = [x.tolist() for x in M.token_logprobs(policy, prompts, completions, tok.pad_token_id)]
+    frozen = torch.optim.SGD(policy.parameters(), lr=0.0)
+
+    def clip_frac(old_logp, advantage):
+        samples = [train.Sample("solve", p, c, [advantage] * len(c), old)
+                   for p, c, old in zip(prompts, completions, old_logp)]
+        return train.train_on(policy, frozen, samples, cfg, tok.pad_token_id, "pg")["clip_frac"]
+    assert clip_frac(current, 1.0) == 0.0  # ratio 1: nothing clipped
+    far_below = [[x - 1.0 for x in row] for row in current]  # ratio e > 1 + clip_eps
+    assert clip_frac(far_below, 1.0) == 1.0  # positive advantage: all clipped
+    assert clip_frac(far_below, -1.0) == 0.0  # negative advantage: the min keeps the gradient
 
 
 def scripted_roles(tok, known_tasks=None):
