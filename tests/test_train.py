@@ -254,12 +254,15 @@ def test_bad_corpus_file_names_file_and_line(tmp_path):
         train.parse_args(["--stage=warmup", f"--corpus={bad}"])
 
 
-def test_torchrun_two_ranks_alive(tiny, tmp_path):
+@pytest.mark.parametrize("stage", ["alive", "refine"])
+def test_torchrun_two_ranks(tiny, tmp_path, stage):
+    """Ranks may sample different numbers of valid posings, revisions and refinement rounds; the
+    run must still make the same collective calls on both and finish."""
     out = str(tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                              "--standalone", os.path.join(ROOT, "train.py"),
-                             "--stage=alive", f"--model={tiny}", f"--out={out}", "--steps=2",
+                             f"--stage={stage}", f"--model={tiny}", f"--out={out}", "--steps=2",
                              "--threads=1"] + FAST, cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
