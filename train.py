@@ -562,7 +562,8 @@ def dpo_update(policy, optimizer, pairs, thoughts, cfg, pad_id):
     loss, stats = M.run_head(policy, packed, head)
     loss.backward()  # FSDP averages over ranks: the loss is each rank's mean
     return finish_step(policy, optimizer, cfg,
-                       torch.tensor([loss.item(), stats["entropy"].item(), 1.0]))
+                       torch.tensor([loss.item() / world(), stats["entropy"].item() * len(coef),
+                                     len(coef)]))
 
 
 # ----------------------------------------------------------------------------- the stage loop
