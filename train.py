@@ -675,7 +675,10 @@ def base_model(cfg):
 
 
 def evaluate_dir(model_dir, out_json, cfg, n):
-    policy, tok = M.load(model_dir)
+    """eval.py on one process: the whole model on this rank's GPU in bf16, else on the CPU."""
+    cuda = torch.cuda.is_available()
+    policy, tok = M.load(model_dir, dtype=torch.bfloat16 if cuda else torch.float32,
+                         device="cuda" if cuda else "cpu")
     policy.eval()
     generate_fn = evaluation.model_generate_fn(policy, tok, max_new_tokens=cfg.max_new_tokens,
                                                seed=cfg.seed, hints=cfg.hints)
@@ -720,13 +723,23 @@ def run(cfg):
     return run_all(cfg)
 
 
+def only_main_goes_on():
+    """Every rank leaves the process group now, and only rank 0 goes on to the single-process
+    work (evaluation). Leaving right after the last collective matters: idle ranks must not
+    wait in a barrier through a long evaluation (a collective times out), and a rank that
+    leaves while a peer still finishes a collective can die of it under gloo."""
+    main = M.is_main()
+    M.teardown_distributed()
+    return main
+
+
 def run_all(cfg):
     """warmup -> eval -> alive -> eval, then the before/after table."""
     warm = run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
                      cfg.warmup_steps, warmup_step, cfg.lr)
     alive = run_stage(cfg, "alive", warm, os.path.join(cfg.out, "alive"),
                       stage_steps(cfg, cfg.rl_steps), rl_step, cfg.rl_lr)
-    if not M.is_main():
+    if not only_main_goes_on():
         return alive
     reports = {name: evaluate_dir(path, os.path.join(cfg.out, f"eval_{name}.json"), cfg, cfg.eval_n)
                for name, path in (("warmup", warm), ("alive", alive))}
@@ -754,7 +767,7 @@ def compare(cfg):
                                time.time() + budget)
     arms["sft"] = run_stage(cfg, "sft", warm, os.path.join(cfg.out, "cmp_sft"), big,
                             warmup_step, cfg.lr * 0.1, time.time() + budget)
-    if not M.is_main():
+    if not only_main_goes_on():
         return arms
     reports = {name: evaluate_dir(path, os.path.join(cfg.out, f"eval_{name}.json"), cfg,
                                   cfg.compare_eval_n) for name, path in arms.items()}
@@ -771,4 +784,5 @@ def compare(cfg):
 
 if __name__ == "__main__":
     run(parse_args(sys.argv[1:]))
-    M.teardown_distributed()  # on an error torchrun stops the other ranks itself
+    # reached by every rank (a no-op after only_main_goes_on); on an error torchrun stops the rest
+    M.teardown_distributed()

@@ -254,21 +254,26 @@ def test_bad_corpus_file_names_file_and_line(tmp_path):
         train.parse_args(["--stage=warmup", f"--corpus={bad}"])
 
 
-@pytest.mark.parametrize("stage", ["alive", "refine"])
-def test_torchrun_two_ranks(tiny, tmp_path, stage):
+@pytest.mark.parametrize("stage, args, run_dir", [
+    ("alive", ["--steps=2"], ""),
+    ("refine", ["--steps=2"], ""),
+    ("all", ["--warmup_steps=2", "--rl_steps=2"], "alive"),  # ranks leave, rank 0 evaluates
+])
+def test_torchrun_two_ranks(tiny, tmp_path, stage, args, run_dir):
     """Ranks may sample different numbers of valid posings, revisions and refinement rounds; the
     run must still make the same collective calls on both and finish."""
     out = str(tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--standalone", os.path.join(ROOT, "train.py"),
-                             f"--stage={stage}", f"--model={tiny}", f"--out={out}", "--steps=2",
-                             "--threads=1"] + FAST, cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+                             "--standalone", os.path.join(ROOT, "train.py"), f"--stage={stage}",
+                             f"--model={tiny}", f"--out={out}", "--threads=1"] + args + FAST,
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [x["step"] for x in lines(os.path.join(out, "metrics.jsonl"))] == [0, 1]
-    policy, _ = M.load(os.path.join(out, "model"))
+    assert [x["step"] for x in lines(os.path.join(out, run_dir, "metrics.jsonl"))] == [0, 1]
+    policy, _ = M.load(os.path.join(out, run_dir, "model"))
     assert all(torch.isfinite(p).all() for p in policy.parameters())
+    if stage == "all":
+        assert "| metric | warmup | alive |" in open(os.path.join(out, "report.md")).read()
 
 
 def test_all_and_compare_write_their_tables(tiny, tmp_path):
