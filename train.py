@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 import eval as evaluation
 import merge as merging
@@ -595,7 +596,6 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
             os.remove(samples_path)
         print(f"[{stage}] {model_dir} -> {out}: steps {start}..{steps}, ranks {world()}, "
               f"per-step batch: " + batch_figures(cfg, stage), flush=True)
-    from tqdm import tqdm
     bar = tqdm(range(start, steps), disable=not M.is_main(), desc=stage, dynamic_ncols=True)
     for step in bar:
         began = time.time()
