@@ -427,9 +427,16 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
              "pose_validity": [float(v) for v in valid],
              "judge_agreement": R.judge_rewards(verdicts, truth)}
     solved = [(problems[p].family, problems[p].level, float(t)) for p, t in zip(owner, truth)]
+    # one whole rollout for samples.jsonl: the first posing, and the first problem (that
+    # posing's if it was valid) with its solutions, critiques and revisions
+    revised = {j: (r.text, g) for j, r, g in zip(redo, revisions, gains)}
     shown = [{"pose": poses[0].text, "valid": valid[0], "problem": problems[0].prompt,
-              "solutions": [{"text": sols[j].text, "critique": judgements[j].text,
-                             "correct": truth[j]} for j in range(len(sols)) if owner[j] == 0]}]
+              "answer": problems[0].answer,
+              "solutions": [{"text": sols[j].text, "correct": truth[j],
+                             "critique": judgements[j].text, "verdict": verdicts[j],
+                             "revision": revised.get(j, (None, None))[0],
+                             "revision_gain": revised.get(j, (None, None))[1]}
+                            for j in range(len(sols)) if owner[j] == 0]}]
     return samples, stats, solved, shown
 
 

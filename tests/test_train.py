@@ -129,8 +129,8 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=4", "--posings=2",
                             "--solutions=4"])
     plan = [("deduction", 1), ("induction", 1), ("deduction", 2), ("induction", 2)]
-    samples, stats, solved, _ = train.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
-                                                     None, step=0)
+    samples, stats, solved, shown = train.alive_rollouts(policy, tok, cfg, plan,
+                                                         random.Random(0), None, step=0)
     assert stats["pose_validity"] == [1.0] * 8
     assert stats["acc/solve"] == [1.0, 0.0] * 16  # the double alternates right and wrong
     assert stats["judge_agreement"] == [1.0] * 32  # the critic is always right
@@ -150,6 +150,11 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
             assert all(c < 0 for st, c in zip(steps, s.coef) if st >= flagged)
     assert any(s.coef[0] == 0 for s in by_role["solve"])  # credit did split some solutions
     assert solved and all(correct in (0.0, 1.0) for _, _, correct in solved)
+    [rollout] = shown  # samples.jsonl: the whole story of the first problem
+    assert rollout["valid"] and rollout["problem"] in rollout["pose"]
+    assert [(x["correct"], x["verdict"], x["revision_gain"]) for x in rollout["solutions"]] == \
+        [(True, True, None), (False, False, 1)] * 2
+    assert all((x["revision"] is None) == x["correct"] for x in rollout["solutions"])
 
 
 def test_refine_pairs_and_thoughts_from_scripted_roles(tiny, tmp_path, monkeypatch):
