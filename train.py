@@ -603,7 +603,8 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
             os.remove(samples_path)
         print(f"[{stage}] {model_dir} -> {out}: steps {start}..{steps}, ranks {world()}, "
               f"per-step batch: " + batch_figures(cfg, stage), flush=True)
-    bar = tqdm(range(start, steps), disable=not M.is_main(), desc=stage, dynamic_ncols=True)
+    bar = tqdm(range(start, steps), disable=not M.is_main(), desc=stage, dynamic_ncols=True,
+               total=None if deadline else steps - start)  # a deadline run has no step count
     for step in bar:
         began = time.time()
         for group in optimizer.param_groups:
