@@ -599,8 +599,7 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
     metrics_path, samples_path = os.path.join(out, "metrics.jsonl"), os.path.join(out, "samples.jsonl")
     if M.is_main():
         truncate_log(metrics_path, start)
-        if start == 0 and os.path.exists(samples_path):
-            os.remove(samples_path)
+        truncate_log(samples_path, start)
         print(f"[{stage}] {model_dir} -> {out}: steps {start}..{steps}, ranks {world()}, "
               f"per-step batch: " + batch_figures(cfg, stage), flush=True)
     bar = tqdm(range(start, steps), disable=not M.is_main(), desc=stage, dynamic_ncols=True,
@@ -657,7 +656,8 @@ def append_json(path, obj):
 
 
 def truncate_log(path, start):
-    """On resume keep the lines of steps before `start`: the log then matches the weights."""
+    """Keep the lines of steps before `start` (none on a fresh run): after a resume the log
+    matches the weights, with no step written twice."""
     if not os.path.exists(path):
         return
     with open(path) as f:

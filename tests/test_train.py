@@ -195,25 +195,29 @@ def test_align_merge_domain_refine(tiny, tmp_path):
 
 
 def test_resume_repeats_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    """A crash after step 2 was logged but before its checkpoint: the resumed run redoes
+    step 2, its logs hold each step once, and it ends with the uninterrupted run's weights."""
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    for stage, name in (("warmup", "warmup_step"), ("alive", "rl_step")):
-        run(f"--stage={stage}", f"--model={tiny}", f"--out={straight}/{stage}", "--steps=4")
-        step_fn = getattr(train, name)
+    save_state = M.save_state
 
-        def crash_at_2(policy, optimizer, tok, cfg, step, rank, state):
-            if step == 2:
-                raise RuntimeError("simulated crash")
-            return step_fn(policy, optimizer, tok, cfg, step, rank, state)
-        monkeypatch.setattr(train, name, crash_at_2)
+    def crash_saving_step_3(policy, optimizer, path, meta):
+        if meta["step"] == 3:
+            raise RuntimeError("simulated crash")
+        return save_state(policy, optimizer, path, meta)
+    for stage in ("warmup", "alive"):
+        run(f"--stage={stage}", f"--model={tiny}", f"--out={straight}/{stage}", "--steps=4")
+        monkeypatch.setattr(M, "save_state", crash_saving_step_3)
         with pytest.raises(RuntimeError, match="simulated crash"):
             run(f"--stage={stage}", f"--model={tiny}", f"--out={resumed}/{stage}", "--steps=4")
-        monkeypatch.setattr(train, name, step_fn)
+        monkeypatch.setattr(M, "save_state", save_state)
+        assert [x["step"] for x in lines(f"{resumed}/{stage}/metrics.jsonl")] == [0, 1, 2]
         run(f"--stage={stage}", f"--model={tiny}", f"--out={resumed}/{stage}", "--steps=4",
             "--resume")
         a, b = weights(f"{straight}/{stage}/model"), weights(f"{resumed}/{stage}/model")
         for k in a:
             assert torch.equal(a[k], b[k]), (stage, k)
         assert [x["step"] for x in lines(f"{resumed}/{stage}/metrics.jsonl")] == [0, 1, 2, 3]
+    assert [x["step"] for x in lines(f"{resumed}/alive/samples.jsonl")] == [0, 1, 2, 3]
 
 
 def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(tiny, tmp_path):
