@@ -127,7 +127,8 @@ def test_refine_rounds_batches_chains_and_stops_each_on_its_own_rule():
     assert [(r.critique, r.verdict) for r in chains[4]] == [("c(e0)", False), ("c(e1)", True)]
     assert [r.score for r in chains[3]] == [0.2, 0.5, 0.7, 0.9]
     # one batched call per role per round
-    assert calls == [("judge", ["a0", "b0", "c0", "d0", "e0"]), ("revise", ["a0", "c0", "d0", "e0"]),
+    assert calls == [("judge", ["a0", "b0", "c0", "d0", "e0"]),
+                     ("revise", ["a0", "c0", "d0", "e0"]),
                      ("judge", ["a1", "d1", "e1"]), ("revise", ["a1", "d1"]),
                      ("judge", ["d2"]), ("revise", ["d2"])]
     assert [[r.solution for r in c] for c in refine_rounds(judge, revise, score, ["B"], ["b0"], 0)] \
@@ -144,7 +145,7 @@ def test_refine_rounds_calls_every_round_even_with_no_live_chain():
 def test_chain_records_feed_refinement_pairs():
     judge, revise, score, _ = scripted_refinement(
         {"w": False, "r1": False}, {"w": "r1", "r1": "r2"}, {"w": 0, "r1": 1, "r2": 0})
-    # two chains from the same wrong solution "w": the first fixes it, then breaks the fix
+    # two chains from the same wrong solution "w": each fixes it, then breaks the fix
     chains = refine_rounds(judge, revise, score, ["P", "P"], ["w", "w"], 2)
     records = refine.chain_records("P", chains)
     assert [(r.solution, r.correct, [(a.critique, a.revisions, a.revisions_correct)
