@@ -90,6 +90,15 @@ NO_MATPLOTLIB = "matplotlib is not installed, so no curves were drawn (pip insta
 
 # ----------------------------------------------------------------------------- the model
 
+def load_for_eval(path):
+    """(policy, tokenizer) of a model directory, whole and in eval mode: on the GPU in bf16 when
+    there is one, else on the CPU in fp32."""
+    cuda = torch.cuda.is_available()
+    policy, tokenizer = model.load(path, dtype=torch.bfloat16 if cuda else torch.float32,
+                                   device="cuda" if cuda else "cpu")
+    return policy.eval(), tokenizer
+
+
 def model_generate_fn(policy, tokenizer, max_new_tokens=256, batch_size=64, seed=0, hints=False,
                       top_p=1.0):
     """generate_fn for a loaded model: render each role prompt, decode, return the texts.
@@ -576,9 +585,7 @@ def main(argv=None):
         if not args.model:
             return status
         data = tasks.load_eval_set(args.data) if args.data is not None else None
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        policy, tokenizer = model.load(args.model, dtype=dtype, device=device)
+        policy, tokenizer = load_for_eval(args.model)
     except (argparse.ArgumentError, ValueError, OSError) as e:
         print(f"eval.py: error: {e}", file=sys.stderr)
         return 2

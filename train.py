@@ -683,16 +683,12 @@ def base_model(cfg):
 
 
 def evaluate_dir(model_dir, out_json, cfg, n):
-    """eval.py on one process: the whole model on this rank's GPU in bf16, else on the CPU."""
-    cuda = torch.cuda.is_available()
-    policy, tok = M.load(model_dir, dtype=torch.bfloat16 if cuda else torch.float32,
-                         device="cuda" if cuda else "cpu")
-    policy.eval()
+    """eval.py on this process alone, its report also written to `out_json`."""
+    policy, tok = evaluation.load_for_eval(model_dir)
     generate_fn = evaluation.model_generate_fn(policy, tok, max_new_tokens=cfg.max_new_tokens,
                                                seed=cfg.seed, hints=cfg.hints)
     report = evaluation.evaluate(generate_fn, n=n, seed=cfg.seed)
-    with open(out_json, "w") as f:
-        json.dump(report, f, indent=1)
+    evaluation.write_json(report, out_json)
     return report
 
 
@@ -782,8 +778,7 @@ def compare(cfg):
     table = evaluation.comparison_table(reports)
     with open(os.path.join(cfg.out, "compare.md"), "w") as f:
         f.write(table + "\n")
-    with open(os.path.join(cfg.out, "compare.json"), "w") as f:
-        json.dump(reports, f, indent=1)
+    evaluation.write_json(reports, os.path.join(cfg.out, "compare.json"))
     evaluation.plot_curves([os.path.join(cfg.out, f"cmp_{a}") for a in ("alive", "scalar", "sft")],
                            os.path.join(cfg.out, "compare.png"), labels=["alive", "scalar", "sft"])
     print(table)
