@@ -200,7 +200,7 @@ def train_on(policy, optimizer, samples, cfg, pad_id, mode):
     samples = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.ids))  # less padding
     global_tokens = all_reduce([sum(len(s.ids) for s in samples)])[0]
     n_micro = int(all_reduce([math.ceil(len(samples) / cfg.micro_batch)], dist.ReduceOp.MAX)[0])
-    totals, clipped = torch.zeros(3), 0.0
+    totals = torch.zeros(4 if mode == "pg" else 3)  # loss, entropy*tokens, tokens[, clipped]
     for k in range(n_micro):
         part = samples[k * cfg.micro_batch:(k + 1) * cfg.micro_batch]
         if not part:
@@ -218,25 +218,28 @@ def train_on(policy, optimizer, samples, cfg, pad_id, mode):
                                 normalizer=torch.tensor(max(global_tokens, 1.0)))
         loss, stats = M.run_head(policy, packed, head)
         (loss * world()).backward()
-        totals += torch.tensor([loss.item(), stats["entropy"].item() * len(coef), len(coef)])
-        clipped += stats["clip_frac"].item() * len(coef) if mode == "pg" else 0.0
-    metrics = finish_step(policy, optimizer, cfg, totals)
-    if mode == "pg":
-        metrics["clip_frac"] = all_reduce([clipped])[0] / max(metrics["tokens"], 1)
-    return metrics
+        figures = [loss.item(), stats["entropy"].item() * len(coef), len(coef)]
+        if mode == "pg":
+            figures.append(stats["clip_frac"].item() * len(coef))
+        totals += torch.tensor(figures)
+    return finish_step(policy, optimizer, cfg, totals)
 
 
 def finish_step(policy, optimizer, cfg, totals):
-    """Clip, skip the step if anything is non-finite, else apply it."""
+    """Clip, skip the step if anything is non-finite, else apply it. `totals`: this rank's
+    summed [loss, entropy x tokens, tokens] (and clipped tokens for the policy gradient)."""
     norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
     norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-    loss, ent_sum, n = all_reduce(totals.tolist())
+    loss, ent_sum, n, *clipped = all_reduce(totals.tolist())  # one collective for all figures
     skipped = not (math.isfinite(norm) and math.isfinite(loss))
     if not skipped:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss, "entropy": ent_sum / max(n, 1), "grad_norm": norm,
-            "skipped": int(skipped), "tokens": n}
+    metrics = {"loss": loss, "entropy": ent_sum / max(n, 1), "grad_norm": norm,
+               "skipped": int(skipped), "tokens": n}
+    if clipped:
+        metrics["clip_frac"] = clipped[0] / max(n, 1)
+    return metrics
 
 
 def rendered(tok, prompt, cfg):
@@ -442,11 +445,9 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
 
 def means_over_ranks(stats):
     """{key: list of values on this rank} -> {key: mean over every rank's values, or None}."""
-    out = {}
-    for key, values in stats.items():
-        total, count = all_reduce([sum(values), len(values)])
-        out[key] = total / count if count else None
-    return out
+    sums = all_reduce([x for values in stats.values() for x in (sum(values), len(values))])
+    return {key: total / count if count else None
+            for key, total, count in zip(stats, sums[0::2], sums[1::2])}
 
 
 def update_curriculum(curriculum, history, solved, cfg):
