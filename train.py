@@ -1,6 +1,6 @@
 """train.py: every stage of the pipeline, single process or `torchrun` (FSDP2).
 
-    python train.py                                    # tiny default into runs/tiny (2-core CPU, ~12 min)
+    python train.py                                    # tiny default into runs/tiny (2-core CPU, ~10 min)
     python train.py --stage=alive --model=DIR --out=DIR [--steps=N --seed=N --resume ...]
     torchrun --nproc_per_node=8 train.py --stage=alive --model=/path/to/8B --out=runs/8b --rl_lr=1e-6
 
@@ -76,8 +76,8 @@ class Config:
     model: str = ""             # input model directory; "" builds the tiny default
     out: str = "runs/tiny"      # run directory of this stage (or of the whole pipeline)
     steps: int = 0              # optimizer steps of the stage; 0 = that stage's default below
-    warmup_steps: int = 360     # default steps of warmup
-    rl_steps: int = 60          # default steps of alive / align / domain
+    warmup_steps: int = 1000    # default steps of warmup
+    rl_steps: int = 100         # default steps of alive / align / domain
     refine_steps: int = 30      # default steps of refine
     refine_rounds: int = 2      # refine: most critique -> revise rounds per chain
     seed: int = 0               # every step's randomness derives from (seed, step, rank)
@@ -107,7 +107,7 @@ class Config:
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
-    demo_mix: str = "4,3,2,1,1"  # warmup: relative frequency of solve,judge,revise,pose,text demos
+    demo_mix: str = "3,2,4,1,1"  # warmup: relative frequency of solve,judge,revise,pose,text demos
     merge_method: str = "task_arithmetic"  # merge: linear|task_arithmetic|ties|dare
     merge_density: float = 0.5  # merge: ties/dare density
     merge_models: str = ""      # merge: comma-separated model dirs; "" = <out>/../align_<ability>/model
@@ -601,10 +601,13 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
     if M.is_main():
         truncate_log(metrics_path, start)
         truncate_log(samples_path, start)
-        print(f"[{stage}] {model_dir} -> {out}: steps {start}..{steps}, ranks {world()}, "
+        span = f"from step {start} for {deadline - time.time():.0f} s" if deadline else \
+            f"steps {start}..{steps}"
+        print(f"[{stage}] {model_dir} -> {out}: {span}, ranks {world()}, "
               f"per-step batch: " + batch_figures(cfg, stage), flush=True)
+    # a deadline run has no step count to show (tqdm reads len() of the range unless total=inf)
     bar = tqdm(range(start, steps), disable=not M.is_main(), desc=stage, dynamic_ncols=True,
-               total=None if deadline else steps - start)  # a deadline run has no step count
+               total=float("inf") if deadline else steps - start)
     for step in bar:
         began = time.time()
         for group in optimizer.param_groups:

@@ -54,6 +54,17 @@ def test_load_missing_path_names_it(tmp_path):
         M.load(str(tmp_path / "nowhere"))
 
 
+def test_command_line_builds_the_sizes_asked_for(tmp_path):
+    out = tmp_path / "built"
+    subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), f"--out={out}",
+                    "--hidden_size=48", "--num_layers=3", "--num_heads=4", "--num_kv_heads=2",
+                    "--intermediate_size=96"], check=True, capture_output=True)
+    policy, _ = M.load(str(out))
+    config = policy.lm.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+            config.num_key_value_heads, config.intermediate_size) == (48, 3, 4, 2, 96)
+
+
 @pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_greedy_matches_hf_generate(tiny, tmp_path, family, lean):
