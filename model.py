@@ -2,8 +2,9 @@
 
 What lives here, top to bottom:
   1. the tiny default: a character-level tokenizer built with `tokenizers` and a 2-layer Llama
-     model of 0.44M parameters, saved in Hugging Face format and loaded back through `load`, the same
-     path a local 8B checkpoint takes (`local_files_only=True`: nothing is ever downloaded);
+     model of 0.44M parameters, saved in Hugging Face format and loaded back through `load`,
+     the same path a local 8B checkpoint takes (`local_files_only=True`: nothing is ever
+     downloaded);
   2. `Policy`, a thin module around the Hugging Face model whose forward runs any "head" (a
      loss, last-token logits) on the final hidden states *inside* forward, so that under FSDP2
      the head sees the full, unsharded `lm_head` weight;
