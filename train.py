@@ -150,8 +150,7 @@ def parse_args(argv):
     if bad:
         sys.exit(f"train.py: --families has {bad}; valid: {', '.join(tasks.FAMILIES)}")
     try:
-        levels = [int(x) for x in cfg.demo_levels.split(",")]
-        mix = [float(x) for x in cfg.demo_mix.split(",")]
+        levels, mix = demo_settings(cfg)
     except ValueError:
         sys.exit("train.py: --demo_levels and --demo_mix take comma-separated numbers")
     if not set(levels) <= set(tasks.LEVELS):
@@ -256,12 +255,18 @@ def nll_sample(tok, role, prompt, completion, cfg):
 DEMO_KINDS = ("solve", "judge", "revise", "pose", "text")
 
 
-def demonstration(rng, tok, cfg):
-    """One NLL example of a random role on a level-1/2 task (corpus text for language modelling)."""
-    families = cfg.families.split(",")
-    family, level = rng.choice(families), rng.choice([int(x) for x in cfg.demo_levels.split(",")])
+def demo_settings(cfg):
+    """(levels, weight of each of DEMO_KINDS) from --demo_levels and --demo_mix."""
+    return ([int(x) for x in cfg.demo_levels.split(",")],
+            [float(x) for x in cfg.demo_mix.split(",")])
+
+
+def demonstration(rng, tok, cfg, levels, mix):
+    """One NLL example of a random role on a task of one of `levels` (1-2 by default; corpus text
+    for language modelling), the role drawn with the weights `mix`."""
+    family, level = rng.choice(cfg.families.split(",")), rng.choice(levels)
     task = tasks.sample(family, level, rng, "train")
-    kind = rng.choices(DEMO_KINDS, [float(x) for x in cfg.demo_mix.split(",")])[0]
+    kind = rng.choices(DEMO_KINDS, mix)[0]
     if kind == "solve":
         return nll_sample(tok, kind, roles.solve_prompt(task.prompt), tasks.solve(task), cfg)
     if kind == "judge":
@@ -300,7 +305,9 @@ def step_randomness(cfg, step, rank):
 
 def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
     rng, _ = step_randomness(cfg, step, rank)
-    samples = [demonstration(rng, tok, cfg) for _ in range(max(1, cfg.batch // world()))]
+    levels, mix = demo_settings(cfg)
+    samples = [demonstration(rng, tok, cfg, levels, mix)
+               for _ in range(max(1, cfg.batch // world()))]
     metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
     return metrics, []
 
