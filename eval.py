@@ -125,10 +125,12 @@ def cells_of(families, levels):
 
 def check_cells(families, levels):
     """ValueError naming the valid ones when a family or level is unknown (or none is given)."""
-    bad = [f for f in families if f not in tasks.FAMILIES] + [lv for lv in levels if lv not in tasks.LEVELS]
+    bad = ([f for f in families if f not in tasks.FAMILIES]
+           + [lv for lv in levels if lv not in tasks.LEVELS])
     if bad or not families or not levels:
-        raise ValueError(f"unknown family or level {', '.join(map(str, bad)) or '(none given)'}; families "
-                         f"are {', '.join(tasks.FAMILIES)}, levels {', '.join(map(str, tasks.LEVELS))}")
+        raise ValueError(f"unknown family or level {', '.join(map(str, bad)) or '(none given)'}; "
+                         f"families are {', '.join(tasks.FAMILIES)}, "
+                         f"levels {', '.join(map(str, tasks.LEVELS))}")
 
 
 def held_out(families=tasks.FAMILIES, levels=tasks.LEVELS, n=DEFAULT_N, seed=0):
@@ -174,7 +176,8 @@ def breakdown(values, keys):
 
 def means(table):
     """{"overall": p, <family>: p, ...} from a breakdown: the contract's accuracy layout."""
-    return {"overall": table["overall"]["mean"], **{f: s["mean"] for f, s in table["family"].items()}}
+    return {"overall": table["overall"]["mean"],
+            **{f: s["mean"] for f, s in table["family"].items()}}
 
 
 def pass_at(k, c, j):
@@ -352,8 +355,8 @@ def grid(table, title):
     families = list(table["family"])
     rows = [title, "level  " + "".join(f"{f:>15}" for f in families) + f"{'all':>15}"]
     for lv in table["level"]:
-        rows.append(f"{lv:<7}" + "".join(f"{_cell(table['cell'].get(f'{f}/{lv}')):>15}" for f in families)
-                    + f"{_cell(table['level'][lv]):>15}")
+        cells = [table["cell"].get(f"{f}/{lv}") for f in families] + [table["level"][lv]]
+        rows.append(f"{lv:<7}" + "".join(f"{_cell(c):>15}" for c in cells))
     rows.append(f"{'all':<7}" + "".join(f"{_cell(table['family'][f]):>15}" for f in families)
                 + f"{_cell(table['overall']):>15}")
     return "\n".join(rows)
@@ -379,7 +382,8 @@ def comparison_table(reports):
     rows.append(("accuracy, levels 3 and up", lambda r: pooled(
         [r["greedy"]["level"].get(lv) for lv in levels if int(lv) >= 3])))
     rows.append(("pass@1 sampled", lambda r: (r["sampled"] or {}).get("pass@1", {}).get("overall")))
-    rows.append(("judge agreement", lambda r: (r["judge"] or {}).get("agreement", {}).get("overall")))
+    rows.append(("judge agreement",
+                 lambda r: (r["judge"] or {}).get("agreement", {}).get("overall")))
     out = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for label, get in rows:
         out.append(f"| {label} | " + " | ".join(_cell(get(reports[n])) for n in names) + " |")
@@ -398,14 +402,15 @@ def comparison_table(reports):
 
 def format_report(report):
     """A short plain-text summary of `evaluate`'s dict."""
-    out = [grid(report["greedy"], f"greedy accuracy ± standard error, {report['n']} held-out items "
-                                  f"({report['distinct']} distinct)")]
+    out = [grid(report["greedy"], f"greedy accuracy ± standard error, {report['n']} held-out "
+                                  f"items ({report['distinct']} distinct)")]
     sampled = report["sampled"]
     if sampled:
         out.append(grid(sampled["pass@1"], f"pass@1 at T={sampled['temperature']} "
                                            f"({sampled['samples']} draws per item)"))
         k = sampled["samples"]
-        out.append(f"pass@{k} at T={sampled['temperature']}: {_cell(sampled[f'pass@{k}']['overall'])}")
+        out.append(f"pass@{k} at T={sampled['temperature']}: "
+                   f"{_cell(sampled[f'pass@{k}']['overall'])}")
     judge = report["judge"]
     if judge:
         out.append(f"judge agreement {_cell(judge['agreement']['overall'])} over "
@@ -415,7 +420,8 @@ def format_report(report):
         s = report["self_correction"]
         out.append(f"self-correction on {s['n']} items: wrong->right {s['wrong_to_right']:.3f}, "
                    f"right->wrong {s['right_to_wrong']:.3f}, net {s['net']:+.3f} (accuracy "
-                   f"{s['before']['mean']:.3f} -> {s['after']['mean']:.3f}, revised {s['revised']:.3f})")
+                   f"{s['before']['mean']:.3f} -> {s['after']['mean']:.3f}, "
+                   f"revised {s['revised']:.3f})")
     pose = report["pose"]
     if pose:
         distinct = "-" if pose["distinct"] is None else f"{pose['distinct']:.3f}"
@@ -534,8 +540,8 @@ def _words(values):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description="Evaluate a model on held-out items, or plot a run.",
-                                     exit_on_error=False)
+    parser = argparse.ArgumentParser(
+        description="Evaluate a model on held-out items, or plot a run.", exit_on_error=False)
     parser.add_argument("--model", help="Hugging Face model directory to evaluate")
     parser.add_argument("--out", help="JSON file to write (atomically); without it, print only")
     parser.add_argument("--families", nargs="+", help=f"subset of {', '.join(tasks.FAMILIES)}")
@@ -551,7 +557,8 @@ def parse_args(argv):
     parser.add_argument("--max_new_tokens", type=int, default=256, help="budget of every output")
     parser.add_argument("--batch_size", type=int, default=64, help="prompts per decode batch")
     parser.add_argument("--hints", action="store_true", help="prefix each prompt with its format")
-    parser.add_argument("--plot", help="run directory (or several, comma separated): draw curves.png")
+    parser.add_argument("--plot",
+                        help="run directory (or several, comma separated): draw curves.png")
     args, extra = parser.parse_known_args(argv)
     if extra:
         raise ValueError(f"unknown argument(s) {' '.join(extra)}; see --help")
@@ -578,7 +585,8 @@ def main(argv=None):
         status = 0
         if args.plot:
             runs = [r for r in args.plot.split(",") if r]
-            folder = runs[0] if os.path.isdir(runs[0]) else os.path.dirname(os.path.abspath(runs[0]))
+            first = runs[0]
+            folder = first if os.path.isdir(first) else os.path.dirname(os.path.abspath(first))
             drawn = plot_curves(runs, os.path.join(folder, "curves.png"))
             print(f"curves: {drawn}" if drawn else "curves: not drawn")
             status = 0 if drawn else 1

@@ -134,7 +134,8 @@ class Rollout:
 
 
 def left_pad(prompts, pad_id, device):
-    """Left-padded [B, L] ids, attention mask and positions that start at 0 on the first real token."""
+    """Left-padded [B, L] ids, attention mask, and positions that start at 0 on the first real
+    token."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
@@ -356,7 +357,8 @@ def pack(prompts, completions, pad_id, device="cpu"):
 
 
 def run_head(policy, packed, head):
-    """Forward `packed` and apply head(hidden [n, H] of the scored tokens, lm_head weight, packed)."""
+    """Forward `packed` and apply head(hidden [n, H] of the scored tokens, lm_head weight,
+    packed)."""
     def on_scored(hidden, weight):
         return head(hidden[packed.rows, packed.cols], weight)
     result, _ = policy(on_scored, input_ids=packed.input_ids,
@@ -429,7 +431,8 @@ def shard(policy, activation_checkpointing=False):
     else:
         mp = MixedPrecisionPolicy()
     if activation_checkpointing:
-        policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.lm.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     for layer in decoder_layers(policy.lm):
         fully_shard(layer, mp_policy=mp)
     fully_shard(policy, mp_policy=mp)

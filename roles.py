@@ -52,7 +52,8 @@ import re
 import unicodedata
 
 ROLES = ("pose", "solve", "judge", "revise")
-SECTIONS = ("pose", "doc", "problem", "solve", "reference", "solution", "judge", "critique", "revise")
+SECTIONS = ("pose", "doc", "problem", "solve", "reference", "solution", "judge", "critique",
+            "revise")
 ESC = "\\"  # put in front of a dangerous line; a line starting with it is never dangerous
 
 # The same line boundaries as str.splitlines, so no exotic break can hide a line.
@@ -94,11 +95,13 @@ def solve_prompt(problem):
 
 
 def judge_prompt(problem, reference, solution):
-    return f"#problem\n{_block(problem)}#reference\n{_block(reference)}#solution\n{_block(solution)}#judge\n"
+    return (f"#problem\n{_block(problem)}#reference\n{_block(reference)}"
+            f"#solution\n{_block(solution)}#judge\n")
 
 
 def revise_prompt(problem, solution, critique):
-    return f"#problem\n{_block(problem)}#solution\n{_block(solution)}#critique\n{_block(critique)}#revise\n"
+    return (f"#problem\n{_block(problem)}#solution\n{_block(solution)}"
+            f"#critique\n{_block(critique)}#revise\n")
 
 
 def _block(text):

@@ -1,8 +1,9 @@
 """train.py: every stage of the pipeline, single process or `torchrun` (FSDP2).
 
-    python train.py                                    # tiny default into runs/tiny (2-core CPU, ~10 min)
+    python train.py                          # tiny default into runs/tiny (2-core CPU, ~10 min)
     python train.py --stage=alive --model=DIR --out=DIR [--steps=N --seed=N --resume ...]
-    torchrun --nproc_per_node=8 train.py --stage=alive --model=/path/to/8B --out=runs/8b --rl_lr=1e-6
+    torchrun --nproc_per_node=8 train.py --stage=alive --model=/path/to/8B --out=runs/8b \
+        --rl_lr=1e-6
 
 Stages (each reads a model directory and writes `<out>/model`, `<out>/metrics.jsonl`):
   warmup   NLL on demonstrations of every role (levels 1-2 only): worked solutions, the
@@ -85,7 +86,7 @@ class Config:
     ability: str = "deduction"  # align: which meta-ability (deduction|induction|abduction)
     reward: str = "verbal"      # alive/domain: verbal (the judge's words) | scalar (GRPO baseline)
     families: str = "deduction,induction,abduction,corpus"  # task families used in training
-    corpus: str = ""            # JSONL of {"text": ...} raw documents; "" = the generated tiny corpus
+    corpus: str = ""            # JSONL of {"text": ...} raw documents; "" = the generated one
     lr: float = 2e-3            # learning rate of NLL stages (tiny default; ~1e-5 for 8B)
     rl_lr: float = 1e-4         # learning rate of RL stages (5e-4 collapsed the tiny model)
     lr_warmup: int = 10         # linear learning-rate warm-up steps
@@ -103,20 +104,20 @@ class Config:
     kl_coef: float = 0.0        # k3 KL to the sampling policy (off by default)
     alpha_floor: float = 0.5    # lowest weight of the verifier in the solver's reward
     alpha_steps: int = 100      # steps over which alpha anneals from 1 to alpha_floor
-    promote: float = 0.6        # curriculum: raise a family's level when its solve rate exceeds this
+    promote: float = 0.6        # curriculum: raise a family's level when its solve rate is above
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
     demo_mix: str = "3,2,4,1,1"  # warmup: relative frequency of solve,judge,revise,pose,text demos
     merge_method: str = "task_arithmetic"  # merge: linear|task_arithmetic|ties|dare
     merge_density: float = 0.5  # merge: ties/dare density
-    merge_models: str = ""      # merge: comma-separated model dirs; "" = <out>/../align_<ability>/model
+    merge_models: str = ""      # merge: comma-separated dirs; "" = <out>/../align_<ability>/model
     dpo_beta: float = 0.1       # refine: DPO temperature
     save_every: int = 20        # steps between resumable checkpoints
     eval_n: int = 200           # held-out solver items per evaluation in `all`
     compare_minutes: float = 4.0  # compare: wall minutes of each of the three arms
     compare_eval_n: int = 600   # compare: held-out items for the final table
-    hints: bool = False         # prepend format hints to role prompts (chat models that never saw them)
+    hints: bool = False         # prepend format hints to role prompts (for chat models)
     threads: int = 0            # CPU threads per process; 0 = cores / ranks
 
 
@@ -414,7 +415,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     pose_r = R.poser_rewards(rates, valid, dup)
     alpha = R.alpha_schedule(step, cfg.alpha_steps, cfg.alpha_floor)
     solve_r = R.solver_rewards(verdicts, truth, alpha)
-    critique_gain = [0.0] * len(sols)  # each critique feeds one revision: its mean gain is that gain
+    critique_gain = [0.0] * len(sols)  # a critique feeds one revision: its mean gain is that one
     for j, g in zip(redo, gains):
         critique_gain[j] = g
     judge_r = [a + g for a, g in zip(R.judge_rewards(verdicts, truth), critique_gain)]
@@ -604,7 +605,8 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
         start, state = meta["step"], meta["state"]
     elif cfg.resume:
         raise SystemExit(f"train.py: --resume but no checkpoint in {state_dir}")
-    metrics_path, samples_path = os.path.join(out, "metrics.jsonl"), os.path.join(out, "samples.jsonl")
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    samples_path = os.path.join(out, "samples.jsonl")
     if M.is_main():
         truncate_log(metrics_path, start)
         truncate_log(samples_path, start)
@@ -657,8 +659,9 @@ def batch_figures(cfg, stage):
                 f"{cfg.refine_rounds} revisions")
     if cfg.reward == "scalar" or stage == "align":
         return f"{cfg.seeds * cfg.posings} tasks x {cfg.solutions} solutions"
+    most = cfg.seeds * cfg.posings * (1 + 3 * cfg.solutions)
     return (f"{cfg.seeds} seeds x {cfg.posings} posings x {cfg.solutions} solutions, each judged "
-            f"and revised if rejected: up to {cfg.seeds * cfg.posings * (1 + 3 * cfg.solutions)} rollouts")
+            f"and revised if rejected: up to {most} rollouts")
 
 
 def append_json(path, obj):
