@@ -29,7 +29,11 @@ overall, per family, per level and per family x level ("cell", keys "family/leve
                      one-step corruption of it (truth: incorrect); greedy critique;
                      x = 1 if parse_verdict equals the truth (no verdict counts as 0).
                      `on_correct` / `on_incorrect`: the mean within each class, so a judge that
-                     always says "correct" scores 1.0 / 0.0 and agreement 0.5.
+                     always says "correct" scores 1.0 / 0.0 and agreement 0.5. The incorrect
+                     ones split into `on_wrong_answer` (the slip is in the Answer line: the
+                     reference answer gives it away) and `on_wrong_step` (an earlier step:
+                     the answer is still right); `names_the_step` = share of them whose
+                     critique points (parse_pointer) at the slipped step.
   self-correction    on n_judge items: s = the greedy solution, then the model judges s (judge
                      prompt with the reference answer, as in training); unless its verdict is
                      "correct" it revises s given its own critique, and the final answer is the
@@ -213,16 +217,24 @@ def solver_metrics(generate_fn, items, samples, temperature):
 def judge_metrics(generate_fn, items, seed):
     """Agreement of greedy verdicts with the truth on reference vs corrupted solutions."""
     rng = random.Random(f"alive-eval-corrupt:{seed}")
-    cases = []  # (task, solution, truth)
+    cases = []  # (task, solution, truth, the corrupted step or None)
     for t in items:
-        cases += [(t, tasks.solve(t), True), (t, tasks.corrupt(t, rng)[0], False)]
-    texts = generate_fn([roles.judge_prompt(t.prompt, t.answer, s) for t, s, _ in cases], 0.0)
+        bad, step = tasks.corrupt(t, rng)
+        cases += [(t, tasks.solve(t), True, None), (t, bad, False, step)]
+    texts = generate_fn([roles.judge_prompt(t.prompt, t.answer, s) for t, s, _, _ in cases], 0.0)
     verdicts = [roles.parse_verdict(x) for x in texts]
-    agree = [float(v is not None and v == truth) for v, (_, _, truth) in zip(verdicts, cases)]
-    keys = [(t.family, t.level) for t, _, _ in cases]
+    agree = [float(v is not None and v == c[2]) for v, c in zip(verdicts, cases)]
+    keys = [(c[0].family, c[0].level) for c in cases]
+    # A slip in the Answer line can be caught by comparing it with the reference answer; a slip
+    # in an earlier step leaves the answer right and must be caught by checking the step itself.
+    slips = [(a, c[3] == len(c[1].split("\n")), roles.parse_pointer(x) == c[3])
+             for a, c, x in zip(agree, cases, texts) if not c[2]]
     return {"agreement": breakdown(agree, keys),
             "on_correct": mean_se([a for a, c in zip(agree, cases) if c[2]]),
-            "on_incorrect": mean_se([a for a, c in zip(agree, cases) if not c[2]]),
+            "on_incorrect": mean_se([a for a, _, _ in slips]),
+            "on_wrong_answer": mean_se([a for a, in_answer, _ in slips if in_answer]),
+            "on_wrong_step": mean_se([a for a, in_answer, _ in slips if not in_answer]),
+            "names_the_step": mean_se([float(named) for _, _, named in slips]),
             "says_correct": mean_se([float(v is True) for v in verdicts]),
             "unparsed": mean_se([float(v is None) for v in verdicts])}
 
@@ -415,8 +427,10 @@ def format_report(report):
     if judge:
         out.append(f"judge agreement {_cell(judge['agreement']['overall'])} over "
                    f"{judge['agreement']['overall']['n']} judgements (on correct "
-                   f"{_cell(judge['on_correct'])}, on incorrect {_cell(judge['on_incorrect'])}, "
-                   f"no verdict {judge['unparsed']['mean']:.3f})")
+                   f"{_cell(judge['on_correct'])}, on incorrect {_cell(judge['on_incorrect'])}: "
+                   f"wrong answer {_cell(judge['on_wrong_answer'])}, wrong earlier step "
+                   f"{_cell(judge['on_wrong_step'])}; names the step "
+                   f"{_cell(judge['names_the_step'])}; no verdict {judge['unparsed']['mean']:.3f})")
         s = report["self_correction"]
         out.append(f"self-correction on {s['n']} items: wrong->right {s['wrong_to_right']:.3f}, "
                    f"right->wrong {s['right_to_wrong']:.3f}, net {s['net']:+.3f} (accuracy "

@@ -140,6 +140,34 @@ def test_always_correct_judge_agrees_half():
     assert judge["on_correct"]["mean"] == 1.0 and judge["on_incorrect"]["mean"] == 0.0
     assert judge["says_correct"]["mean"] == 1.0 and judge["unparsed"]["mean"] == 0.0
     assert judge["agreement"]["overall"]["se"] == pytest.approx(math.sqrt(0.25 / 40))
+    assert judge["on_wrong_answer"]["mean"] == judge["on_wrong_step"]["mean"] == 0.0
+    assert judge["names_the_step"]["mean"] == 0.0
+
+
+def test_judge_slips_split_by_where_they_are():
+    """A judge that only compares the Answer line with the reference catches every slip in
+    the answer and none in an earlier step; the critic catches and names both."""
+    def answer_only(prompts, temperature):
+        out = []
+        for p in prompts:
+            s = sections(p)
+            given = roles.parse_answer(s["solution"])
+            out.append(f"Verdict: {'correct' if given == s['reference'] else 'incorrect'}")
+        return out
+
+    judged = ev.held_out(n=60, seed=5)
+    rng = random.Random("alive-eval-corrupt:5")  # the corruptions judge_metrics will draw
+    in_answer = sum(tasks.corrupt(t, rng)[1] == len(tasks.solve(t).split("\n")) for t in judged)
+    assert 0 < in_answer < len(judged)  # both kinds occur in this sample
+    naive = ev.judge_metrics(answer_only, judged, seed=5)
+    assert naive["on_wrong_answer"] == {"mean": 1.0, "se": 0.0, "n": in_answer}
+    assert naive["on_wrong_step"] == {"mean": 0.0, "se": 0.0, "n": len(judged) - in_answer}
+    assert naive["names_the_step"]["mean"] == 0.0 and naive["on_correct"]["mean"] == 1.0
+    assert naive["on_incorrect"]["mean"] == pytest.approx(in_answer / len(judged), abs=1e-6)
+
+    critic = ev.judge_metrics(double({t.prompt: t for t in judged}), judged, seed=5)
+    for key in ("on_correct", "on_wrong_answer", "on_wrong_step", "names_the_step"):
+        assert critic[key]["mean"] == 1.0
 
 
 def test_unparsable_verdict_counts_as_disagreement():
