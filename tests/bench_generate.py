@@ -80,7 +80,8 @@ def main():
           f"{args.new_tokens} new tokens, {args.threads} threads, best of {args.repeats}")
     print(f"{'sampler':<14}{'tokens':>8}{'seconds':>10}{'tok/s':>10}")
     print(f"{'ours':<14}{counts['ours']:>8}{t_ours:>10.3f}{ours_tok_s:>10.0f}")
-    print(f"{'ours, hf fwd':<14}{counts['ours via hf forward']:>8}{t_loop:>10.3f}{loop_tok_s:>10.0f}")
+    print(f"{'ours, hf fwd':<14}{counts['ours via hf forward']:>8}{t_loop:>10.3f}"
+          f"{loop_tok_s:>10.0f}")
     print(f"{'hf generate':<14}{counts['hf']:>8}{t_hf:>10.3f}{hf_tok_s:>10.0f}")
     print(json.dumps({"ours_tok_s": round(ours_tok_s, 1), "hf_tok_s": round(hf_tok_s, 1),
                       "ratio": round(ours_tok_s / hf_tok_s, 3)}))

@@ -2,7 +2,8 @@
 
 Run alone (world 1, no sharding) or under `torchrun --nproc_per_node=2` (FSDP2 over gloo); both
 write what they ended with into OUT_DIR so the test can compare them.
-Usage: python tests/fsdp_worker.py OUT_DIR   |   torchrun --nproc_per_node=2 tests/fsdp_worker.py OUT_DIR
+Usage: python tests/fsdp_worker.py OUT_DIR
+   or: torchrun --nproc_per_node=2 tests/fsdp_worker.py OUT_DIR
 """
 import os
 import sys

@@ -34,7 +34,8 @@ def sections(prompt):
     """{section name: body} of a role prompt; a body line escaped by roles.escape is unescaped."""
     out, name = {}, None
     for line in prompt.rstrip("\n").split("\n"):
-        m = re.fullmatch(r"#(problem|reference|solution|critique|doc|pose|solve|judge|revise)( .*)?", line)
+        m = re.fullmatch(r"#(problem|reference|solution|critique|doc|pose|solve|judge|revise)"
+                         r"( .*)?", line)
         if m:
             name = m.group(1)
             out[name] = m.group(2).strip() if m.group(2) else ""
@@ -90,7 +91,8 @@ def fractions(report):
     """Every contract figure, to check the range."""
     acc = report["accuracy"]
     return [*acc.values(), report["judge_agreement"], report["pose_validity"],
-            report["self_correction"]["wrong_to_right"], report["self_correction"]["right_to_wrong"]]
+            report["self_correction"]["wrong_to_right"],
+            report["self_correction"]["right_to_wrong"]]
 
 
 def all_means(table):
@@ -107,13 +109,15 @@ def test_perfect_double_scores_one_everywhere():
     assert all(v == 1.0 for v in report["accuracy"].values())
     assert all(v == 0.0 for v in report["accuracy_se"].values())
     assert set(report["accuracy_by_level"]) == {"1", "2", "3", "4", "5"}
-    assert len(report["greedy"]["cell"]) == 20 and all(m == 1.0 for m in all_means(report["greedy"]))
+    assert (len(report["greedy"]["cell"]) == 20
+            and all(m == 1.0 for m in all_means(report["greedy"])))
     for j in ("pass@1", "pass@2"):
         assert all(m == 1.0 for m in all_means(report["sampled"][j]))
     assert report["judge_agreement"] == 1.0
     assert report["judge"]["on_correct"]["mean"] == report["judge"]["on_incorrect"]["mean"] == 1.0
     assert report["judge"]["agreement"]["overall"]["n"] == 40  # two per judged item
-    assert report["self_correction"]["wrong_to_right"] == report["self_correction"]["right_to_wrong"] == 0.0
+    assert (report["self_correction"]["wrong_to_right"]
+            == report["self_correction"]["right_to_wrong"] == 0.0)
     assert report["self_correction"]["revised"] == 0.0  # the critic accepts every right solution
     assert report["pose_validity"] == 1.0
     assert report["pose"]["solve_rate"]["mean"] == 1.0 and report["pose"]["solve_rate"]["n"] == 20
@@ -121,7 +125,8 @@ def test_perfect_double_scores_one_everywhere():
 
 
 def test_hopeless_double_scores_zero():
-    report = ev.evaluate(double(known_items(**SMALL), solve="wrong", revise="wrong", pose="invalid"), **SMALL)
+    report = ev.evaluate(double(known_items(**SMALL), solve="wrong", revise="wrong",
+                                pose="invalid"), **SMALL)
     assert all(v == 0.0 for v in report["accuracy"].values())
     for j in ("pass@1", "pass@2"):
         assert all(m == 0.0 for m in all_means(report["sampled"][j]))
@@ -130,7 +135,8 @@ def test_hopeless_double_scores_zero():
     assert report["pose"]["invalid_reasons"] == {"no posing could be read": 20}
     # every wrong solution is flagged, revised, and stays wrong
     assert report["self_correction"]["revised"] == 1.0
-    assert report["self_correction"]["wrong_to_right"] == report["self_correction"]["right_to_wrong"] == 0.0
+    assert (report["self_correction"]["wrong_to_right"]
+            == report["self_correction"]["right_to_wrong"] == 0.0)
 
 
 def test_always_correct_judge_agrees_half():
@@ -185,7 +191,8 @@ def test_self_correction_counts_on_a_script():
         return task.prompt in good
 
     calls = []
-    fixed = ev.evaluate(double(known, solve=solver, judge="incorrect", revise="right", calls=calls), **SMALL)
+    fixed = ev.evaluate(double(known, solve=solver, judge="incorrect", revise="right",
+                               calls=calls), **SMALL)
     s = fixed["self_correction"]
     assert (s["count_wrong_to_right"], s["count_right_to_wrong"]) == (20 - right, 0)
     assert s["wrong_to_right"] == (20 - right) / 20 and s["right_to_wrong"] == 0.0
@@ -200,7 +207,8 @@ def test_self_correction_counts_on_a_script():
     assert s["right_to_wrong"] == right / 20 and s["right_to_wrong_given_right"] == 1.0
 
     calls = []
-    trusting = ev.evaluate(double(known, solve=solver, judge="correct", revise="wrong", calls=calls), **SMALL)
+    trusting = ev.evaluate(double(known, solve=solver, judge="correct", revise="wrong",
+                                  calls=calls), **SMALL)
     assert "revise" not in calls and trusting["self_correction"]["revised"] == 0.0
     assert trusting["self_correction"]["verdict_agreement"]["mean"] == right / 20
 
@@ -219,7 +227,8 @@ def test_contract_keys_and_ranges_on_a_mixed_double():
 
 def test_skipping_judge_and_pose_gives_nulls():
     calls = []
-    report = ev.evaluate(double(known_items(**SMALL), calls=calls), **{**SMALL, "n_judge": 0, "n_pose": 0})
+    report = ev.evaluate(double(known_items(**SMALL), calls=calls),
+                         **{**SMALL, "n_judge": 0, "n_pose": 0})
     assert report["judge_agreement"] is None and report["pose_validity"] is None
     assert report["self_correction"] == {"wrong_to_right": None, "right_to_wrong": None}
     assert report["skipped"] == ["judge", "self_correction", "pose"]
@@ -229,10 +238,12 @@ def test_skipping_judge_and_pose_gives_nulls():
 
 def test_jsonl_data_set(tmp_path):
     path = tmp_path / "set.jsonl"
-    path.write_text('{"question": "What is 2+2?", "answer": "4"}\n{"question": "Capital of France?", "answer": "Paris"}\n')
+    path.write_text('{"question": "What is 2+2?", "answer": "4"}\n'
+                    '{"question": "Capital of France?", "answer": "Paris"}\n')
 
     def gen(prompts, temperature):
-        return ["Answer: 4" if "2+2" in p else "Answer: paris." if "France" in p else "Answer: ?" for p in prompts]
+        return ["Answer: 4" if "2+2" in p else "Answer: paris." if "France" in p else "Answer: ?"
+                for p in prompts]
 
     report = ev.evaluate(gen, data=str(path), n_judge=0, n_pose=0, samples=1)
     assert report["n"] == 2 and report["accuracy"] == {"overall": 1.0, "jsonl": 1.0}
@@ -287,7 +298,8 @@ def test_tiny_model_end_to_end_through_the_cli(tmp_path):
     model.build_tiny(str(tmp_path / "m"), hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                      intermediate_size=64)
     out = tmp_path / "sub" / "e.json"
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), f"--model={tmp_path / 'm'}",
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"),
+                          f"--model={tmp_path / 'm'}",
                           f"--out={out}", "--n=8", "--samples=2", "--n_judge=4", "--n_pose=4",
                           "--max_new_tokens=12", "--families", "deduction,corpus"],
                          capture_output=True, text=True, timeout=300)

@@ -123,7 +123,8 @@ def test_top_p_keeps_only_the_nucleus():
 def test_training_state_round_trip(tiny, tmp_path):
     policy, _ = M.load(tiny)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
-    policy.lm(input_ids=torch.tensor([[1, 5, 6, 7]]), labels=torch.tensor([[1, 5, 6, 7]])).loss.backward()
+    policy.lm(input_ids=torch.tensor([[1, 5, 6, 7]]),
+              labels=torch.tensor([[1, 5, 6, 7]])).loss.backward()
     opt.step()
     torch.manual_seed(123)
     M.save_state(policy, opt, str(tmp_path / "state"), {"step": 7})

@@ -131,8 +131,8 @@ def test_refine_rounds_batches_chains_and_stops_each_on_its_own_rule():
                      ("revise", ["a0", "c0", "d0", "e0"]),
                      ("judge", ["a1", "d1", "e1"]), ("revise", ["a1", "d1"]),
                      ("judge", ["d2"]), ("revise", ["d2"])]
-    assert [[r.solution for r in c] for c in refine_rounds(judge, revise, score, ["B"], ["b0"], 0)] \
-        == [["b0"]]
+    assert [[r.solution for r in c]
+            for c in refine_rounds(judge, revise, score, ["B"], ["b0"], 0)] == [["b0"]]
 
 
 def test_refine_rounds_calls_every_round_even_with_no_live_chain():

@@ -131,12 +131,14 @@ def test_abduction_has_exactly_one_explaining_cause(level):
 
 @pytest.mark.parametrize("level", [2, 3, 4, 5])
 def test_abduction_shortcuts_stay_at_or_under_60_percent(level):
-    scores = {"most direct links to what is seen": 0, "most rules out of it": 0, "most nodes reached": 0}
+    scores = {"most direct links to what is seen": 0, "most rules out of it": 0,
+              "most nodes reached": 0}
     ts = draws("abduction", level, 300, seed=7)
     for t in ts:
         rules, causes, obs = parse_abduction(t.prompt)
         pick = {
-            "most direct links to what is seen": max(causes, key=lambda c: sum([c, o] in rules for o in obs)),
+            "most direct links to what is seen":
+                max(causes, key=lambda c: sum([c, o] in rules for o in obs)),
             "most rules out of it": max(causes, key=lambda c: sum(a == c for a, _ in rules)),
             "most nodes reached": max(causes, key=lambda c: len(reach(rules, c))),
         }
@@ -202,7 +204,8 @@ def test_check_accepts_surface_forms_and_rejects_other_answers():
     for family in tasks.FAMILIES:
         for t in draws(family, 2, 30):
             a = t.answer
-            for variant in (a, f"  {a} ", a.upper(), a + ".", a.replace(",", ", ").replace("=", " = ")):
+            for variant in (a, f"  {a} ", a.upper(), a + ".",
+                            a.replace(",", ", ").replace("=", " = ")):
                 assert tasks.check(t, variant), (family, variant)
             assert not tasks.check(t, "")
             assert not tasks.check(t, a + " or maybe not")
@@ -269,7 +272,8 @@ def test_sizes_fit_a_tiny_model_at_level_1_and_grow():
         low, high = draws(family, 1, 200), draws(family, 3, 100)
         assert max(len(t.prompt) for t in low) <= 200, family
         assert max(len(tasks.solve(t)) for t in low) <= 120, family
-        size = [sum(len(t.prompt) + len(tasks.solve(t)) for t in ts) / len(ts) for ts in (low, high)]
+        size = [sum(len(t.prompt) + len(tasks.solve(t)) for t in ts) / len(ts)
+                for ts in (low, high)]
         assert size[1] > size[0], family
 
 
@@ -326,7 +330,8 @@ def test_validate_rejects_invalid_posings():
     assert "no rule" in tasks.validate("induction", ind.format("1, 3, 4, 6, 9"), 2)
     assert "not a level 1" in tasks.validate("induction", ind.format("1, 3, 4, 6, 7"), 1)
     assert "exactly 5" in tasks.validate("induction", ind.format("1, 3, 4"), 2)
-    abd = "Rules: a->x, a->y, b->x, b->y, c->x\nCauses: a, b, c\nSeen: x, y\nWhich cause explains all?"
+    abd = ("Rules: a->x, a->y, b->x, b->y, c->x\nCauses: a, b, c\nSeen: x, y\n"
+           "Which cause explains all?")
     assert "2 causes" in tasks.validate("abduction", abd, 2)
     assert tasks.validate("abduction", abd.replace("b->y, ", ""), 2).answer == "a"
     assert "level 1" in tasks.validate("abduction", abd.replace("b->y, ", ""), 1)

@@ -297,6 +297,7 @@ def test_all_and_compare_write_their_tables(tiny, tmp_path):
         "--compare_eval_n=8")
     reports = json.load(open(os.path.join(out, "compare.json")))
     assert list(reports) == ["warmup", "alive", "scalar", "sft"]
-    assert "| metric | warmup | alive | scalar | sft |" in open(os.path.join(out, "compare.md")).read()
+    assert ("| metric | warmup | alive | scalar | sft |"
+            in open(os.path.join(out, "compare.md")).read())
     for arm in ("alive", "scalar", "sft"):  # a zero budget: each arm stops after its first step
         assert len(lines(os.path.join(out, f"cmp_{arm}", "metrics.jsonl"))) == 1
