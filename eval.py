@@ -223,14 +223,14 @@ def judge_metrics(generate_fn, items, seed):
         cases += [(t, tasks.solve(t), True, None), (t, bad, False, step)]
     texts = generate_fn([roles.judge_prompt(t.prompt, t.answer, s) for t, s, _, _ in cases], 0.0)
     verdicts = [roles.parse_verdict(x) for x in texts]
-    agree = [float(v is not None and v == c[2]) for v, c in zip(verdicts, cases)]
-    keys = [(c[0].family, c[0].level) for c in cases]
+    agree = [float(v is not None and v == truth) for v, (_, _, truth, _) in zip(verdicts, cases)]
+    keys = [(t.family, t.level) for t, _, _, _ in cases]
     # A slip in the Answer line can be caught by comparing it with the reference answer; a slip
     # in an earlier step leaves the answer right and must be caught by checking the step itself.
-    slips = [(a, c[3] == len(c[1].split("\n")), roles.parse_pointer(x) == c[3])
-             for a, c, x in zip(agree, cases, texts) if not c[2]]
+    slips = [(a, step == len(s.split("\n")), roles.parse_pointer(x) == step)
+             for a, (_, s, truth, step), x in zip(agree, cases, texts) if not truth]
     return {"agreement": breakdown(agree, keys),
-            "on_correct": mean_se([a for a, c in zip(agree, cases) if c[2]]),
+            "on_correct": mean_se([a for a, (_, _, truth, _) in zip(agree, cases) if truth]),
             "on_incorrect": mean_se([a for a, _, _ in slips]),
             "on_wrong_answer": mean_se([a for a, in_answer, _ in slips if in_answer]),
             "on_wrong_step": mean_se([a for a, in_answer, _ in slips if not in_answer]),
