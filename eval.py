@@ -106,10 +106,9 @@ def load_for_eval(path):
 def model_generate_fn(policy, tokenizer, max_new_tokens=256, batch_size=64, seed=0, hints=False,
                       top_p=1.0):
     """generate_fn for a loaded model: render each role prompt, decode, return the texts.
-    Temperature 0 is greedy; sampling draws from one torch.Generator seeded once, so a run is
-    reproducible on the same machine."""
-    device = policy.lm.get_output_embeddings().weight.device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    Temperature 0 is greedy; sampling draws from one (CPU) torch.Generator seeded once, so a
+    run is reproducible."""
+    generator = torch.Generator().manual_seed(seed)
 
     def generate_fn(prompts, temperature):
         rendered = [roles.render(tokenizer, p, hints=hints) for p in prompts]

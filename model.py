@@ -5,28 +5,32 @@ What lives here, top to bottom:
      model of 0.44M parameters, saved in Hugging Face format and loaded back through `load`,
      the same path a local 8B checkpoint takes (`local_files_only=True`: nothing is ever
      downloaded);
-  2. `Policy`, a thin module around the Hugging Face model whose forward runs any "head" (a
+  2. loading: one process (`load`) or FSDP2 ranks (`load_sharded`: rank 0 reads, the others
+     receive their shards), for the architectures whose logits we reproduce (`SUPPORTED`);
+     `Policy`, a thin module around the Hugging Face model whose forward runs any "head" (a
      loss, last-token logits) on the final hidden states *inside* forward, so that under FSDP2
      the head sees the full, unsharded `lm_head` weight;
   3. sampling with our own decode loop over a KV cache (left-padded ragged prompts, greedy /
-     temperature / top-p, eos or budget), returning the new tokens and their log-probs; for
-     Llama-family models the loop calls the layers' weights directly with a preallocated
-     cache (`lean_decoder`), else it goes through the Hugging Face forward;
-  4. teacher-forced hidden states and log-probs of given completions;
-  5. FSDP2 sharding and a context that gathers the parameters once for a whole rollout phase;
+     temperature / top-p, stop tokens or budget); for Llama-family models the loop calls the
+     layers' weights directly with a preallocated cache (`lean_decoder`), else it goes through
+     the Hugging Face forward;
+  4. teacher forcing: prompt + completion batches packed for the trainer's forward;
+  5. FSDP2 sharding, a context that gathers the parameters once for a whole rollout phase, and
+     the collective helpers every distributed figure goes through;
   6. checkpoints: a Hugging Face export and a resumable training state, both atomic.
 
-The math of sampling. At each step the model gives logits z over the vocabulary. We record
-log pi(y) = log_softmax(z)[y], the log-probability under the *untempered* policy, because that is
-what the trainer recomputes as log pi_theta and needs as log pi_old in the ratio
-pi_theta / pi_old. The token itself is drawn from softmax(z / T), restricted to the smallest set
-of tokens whose probability reaches top_p (nucleus); T = 0 means argmax.
+The math of sampling. At each step the model gives logits z over the vocabulary; the token is
+drawn from softmax(z / T), restricted to the smallest set of tokens whose probability reaches
+top_p (nucleus); T = 0 means argmax. The draw inverts the cumulative distribution at a uniform
+number u: token = the first one whose cumulative probability reaches u. The uniforms come from a
+CPU generator, so a seed gives the same completions on any device.
 
 Run `python model.py --out=DIR` to build the tiny default model into DIR (`--hidden_size=192
 --num_layers=4 ...` for another size).
 """
 import argparse
 import contextlib
+import copy
 import inspect
 import json
 import os
@@ -86,23 +90,93 @@ def build_tiny(path, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
 
 # ----------------------------------------------------------------------------- loading
 
-def load(path, dtype=torch.float32, device="cpu"):
-    """Load any local Hugging Face causal LM directory as (Policy, tokenizer). Never downloads."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+# Architectures whose logits we reproduce exactly: z = s * W h, with W the lm_head weight and s a
+# logit scale (1 for most; Granite divides by `logits_scaling`, Cohere multiplies by
+# `logit_scale`). The fused loss and the sampler compute z from (h, W) themselves, so a model
+# that soft-caps its logits (Gemma-2) or adds an lm_head bias (Phi) would train on other logits
+# than the ones it samples from: such models are refused at load, not silently changed.
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo2", "granite", "cohere")
+LOGIT_SCALE = {"granite": lambda c: 1.0 / c.logits_scaling, "cohere": lambda c: c.logit_scale}
+
+
+def read_config(path):
+    """The config of a local model directory, refused early (with the reason) when the fused loss
+    could not reproduce its logits."""
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # one bar per weight file is noise in a training log
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"--model={path}: not a model directory (no config.json there)")
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED or getattr(config, "final_logit_softcapping", None):
+        raise ValueError(f"--model={path}: model_type {kind!r} is not supported (supported: "
+                         f"{', '.join(SUPPORTED)}, without logit soft-capping): its logits are not "
+                         "the linear function of the last hidden state that the fused loss computes")
+    return config
+
+
+def load(path, dtype=torch.float32, device="cpu"):
+    """Load any supported local Hugging Face causal LM directory as (Policy, tokenizer), whole, on
+    one device. Never downloads."""
+    from transformers import AutoModelForCausalLM
+    config = read_config(path)
+    lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+    return Policy(lm.to(device), config), load_tokenizer(path)
+
+
+def load_sharded(path, device, activation_checkpointing=False):
+    """Load for FSDP2 without a full copy of the weights on every rank.
+
+    Every rank builds the model on the meta device (no memory), shards it (`shard`) and allocates
+    only its own fp32 shards on `device`; rank 0 alone reads the checkpoint (in its own dtype: 16 GB
+    of host memory for Llama-3-8B instead of 32 GB on each of 8 ranks) and broadcasts it tensor by
+    tensor into the shards. Buffers outside the state dict (rotary frequencies) come from rank 0's
+    copy too, since the meta device left them unset."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoModelForCausalLM
+    config = read_config(path)
+    with torch.device("meta"):  # from_config sets the config's dtype to fp32: give it a copy
+        lm = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=torch.float32)
+    policy = shard(Policy(lm, config), activation_checkpointing)
+    policy.to_empty(device=device)
+    full, buffers = {}, {}
+    if is_main():
+        whole = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="auto")
+        full, buffers = whole.state_dict(), dict(whole.named_buffers())
+    set_model_state_dict(lm, full, options=StateDictOptions(full_state_dict=True,
+                                                            broadcast_from_rank0=True))
+    with torch.no_grad():
+        for name, buffer in lm.named_buffers():
+            if is_main():
+                buffer.copy_(buffers[name])
+            broadcast_(buffer)
+    return policy, load_tokenizer(path)
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tok.pad_token_id is None:  # Llama-3 ships without one; any id works under the mask
         tok.pad_token = tok.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-    return Policy(lm.to(device)), tok
+    return tok
+
+
+def stop_ids(lm, tokenizer):
+    """Every token that ends a completion: the tokenizer's eos and each of the generation config's
+    (chat models end a turn with their own, e.g. Llama-3's <|eot_id|>, Qwen's <|im_end|>)."""
+    listed = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
+    listed = listed if isinstance(listed, (list, tuple)) else [listed]
+    return sorted({i for i in [tokenizer.eos_token_id, *listed] if i is not None})
 
 
 def encode(tokenizer, texts):
-    """Token ids of already-rendered texts (any bos comes from the chat template, not here)."""
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    """Token ids of rendered prompts. A chat template writes its own bos; a tokenizer without one
+    gets its bos (or, lacking that, its eos, the document separator of bos-less models) in front,
+    so no prompt is empty and the first completion token always has a position predicting it."""
+    start = [] if getattr(tokenizer, "chat_template", None) else \
+        [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    return [start + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
 class Policy(torch.nn.Module):
@@ -111,53 +185,68 @@ class Policy(torch.nn.Module):
     Why not call the Hugging Face model directly: under FSDP2 the root module's parameters
     (embeddings, final norm, lm_head; tied ones in one group) are gathered only while the root's
     forward runs. Computing the loss inside this forward is what lets a fused loss read the full
-    `lm_head` weight and have its gradient reduce-scattered like any other.
+    `lm_head` weight and have its gradient reduce-scattered like any other. The hidden states are
+    multiplied by the architecture's logit scale first, so W h are the model's own logits.
     """
 
-    def __init__(self, lm):
+    def __init__(self, lm, config):
         super().__init__()
         self.lm = lm
+        self.logit_scale = LOGIT_SCALE.get(config.model_type, lambda c: 1.0)(config)
+        self.save_dtype = config.dtype or torch.float32  # the checkpoint's own: exports keep it
 
     def forward(self, head, **lm_inputs):
         out = self.lm.base_model(**lm_inputs)
-        return head(out.last_hidden_state, self.lm.get_output_embeddings().weight), out
+        hidden = out.last_hidden_state
+        if self.logit_scale != 1.0:
+            hidden = hidden * self.logit_scale
+        return head(hidden, self.lm.get_output_embeddings().weight), out
+
+
+def device_of(policy):
+    """The device the policy computes on (of its lm_head; a sharded DTensor reports its own)."""
+    return policy.lm.get_output_embeddings().weight.device
 
 
 # ----------------------------------------------------------------------------- sampling
 
 @dataclass
 class Rollout:
-    tokens: torch.Tensor    # [B, T] new token ids, pad after eos
-    logprobs: torch.Tensor  # [B, T] log pi(token) under the untempered policy, 0 after eos
-    lengths: torch.Tensor   # [B] number of new tokens, eos included
-    finished: torch.Tensor  # [B] bool: stopped at eos (False: ran out of budget)
+    tokens: torch.Tensor    # [B, T] new token ids, pad after the stop token
+    lengths: torch.Tensor   # [B] number of new tokens, the stop token included
+    finished: torch.Tensor  # [B] bool: ended on a stop token (False: ran out of budget)
 
 
 def left_pad(prompts, pad_id, device):
     """Left-padded [B, L] ids, attention mask, and positions that start at 0 on the first real
     token."""
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions
+    ids, mask = ids.to(device), mask.to(device)  # built on the host, copied once
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def pick_tokens(logits, temperature, top_p, generator):
-    """Greedy when temperature == 0, else a draw from the tempered nucleus distribution."""
+def pick_tokens(logits, temperature, top_p, uniform):
+    """Greedy when temperature == 0, else the token whose cumulative probability under the
+    tempered nucleus distribution first reaches `uniform` [B] (inverse-CDF sampling: the same
+    draws give the same tokens on any device)."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    order = None
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        probs, order = probs.sort(dim=-1, descending=True)
         # drop a token when the mass strictly before it already reaches top_p
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+    cdf = probs.cumsum(-1)
+    # 1 - u lies in (0, 1], so the threshold is above 0 and a zero-probability token never wins
+    threshold = (1 - uniform.to(cdf.device))[:, None] * cdf[:, -1:]
+    picked = (cdf < threshold).sum(-1).clamp(max=cdf.shape[-1] - 1)
+    return picked if order is None else order.gather(-1, picked[:, None]).squeeze(-1)
 
 
 def last_token_logits(hidden, weight):
@@ -189,12 +278,21 @@ def lean_decoder(lm, batch, max_len):
     of a decoding step for a small model. Llama, Qwen2 (attention biases come with the
     modules) and Mistral without a sliding window. Under FSDP2 call it inside
     `gathered_for_rollout`, which leaves the full weights on the modules.
+
+    Grouped-query attention without copying the cache: the G = heads / kv_heads query heads
+    that share a key/value head are stacked along the query axis ([B, kv_heads, G * W, D]
+    against keys [B, kv_heads, L, D], the mask repeated G times), which is exactly GQA. So
+    attention runs as plain multi-head SDPA with a boolean mask, a call every fused kernel with
+    mask support (memory-efficient, cuDNN) takes, where `enable_gqa=True` with a mask would
+    leave CUDA only the math kernel, which expands the cache G-fold at every step.
     """
     base = lm.base_model
     cfg = lm.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = cfg.num_key_value_heads
+    group = cfg.num_attention_heads // kv_heads
     weight = base.embed_tokens.weight
-    shape = (batch, cfg.num_key_value_heads, max_len, head_dim)
+    shape = (batch, kv_heads, max_len, head_dim)
     keys = [weight.new_zeros(shape) for _ in base.layers]
     values = [weight.new_zeros(shape) for _ in base.layers]
     visible = torch.zeros((batch, max_len), dtype=torch.bool, device=weight.device)
@@ -214,7 +312,7 @@ def lean_decoder(lm, batch, max_len):
         causal = torch.ones((width, end), dtype=torch.bool, device=ids.device).tril(filled)
         itself = torch.zeros_like(causal)
         itself[:, filled:].fill_diagonal_(True)
-        allowed = (visible[:rows, None, None, :end] & causal) | itself
+        allowed = ((visible[:rows, None, None, :end] & causal) | itself).repeat(1, 1, group, 1)
         h = base.embed_tokens(ids)
         cos, sin = (x[:, None] for x in base.rotary_emb(h, positions))
         for layer, k_cache, v_cache in zip(base.layers, keys, values):
@@ -223,10 +321,11 @@ def lean_decoder(lm, batch, max_len):
                        for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
             k_cache[:rows, :, filled:end] = rotate(k, cos, sin)
             v_cache[:rows, :, filled:end] = v
-            out = F.scaled_dot_product_attention(rotate(q, cos, sin), k_cache[:rows, :, :end],
-                                                 v_cache[:rows, :, :end], attn_mask=allowed,
-                                                 enable_gqa=True)
-            h = h + attn.o_proj(out.transpose(1, 2).reshape(rows, width, -1))
+            q = rotate(q, cos, sin).reshape(rows, kv_heads, group * width, head_dim)
+            out = F.scaled_dot_product_attention(q, k_cache[:rows, :, :end],
+                                                 v_cache[:rows, :, :end], attn_mask=allowed)
+            out = out.view(rows, -1, width, head_dim).transpose(1, 2).reshape(rows, width, -1)
+            h = h + attn.o_proj(out)
             x = layer.post_attention_layernorm(h)
             h = h + layer.mlp.down_proj(F.silu(layer.mlp.gate_proj(x)) * layer.mlp.up_proj(x))
         filled = end
@@ -240,66 +339,78 @@ def lean_decoder(lm, batch, max_len):
     return step, keep
 
 
-def lean_supported(lm, max_len):
-    """Llama-family SiLU models whose sliding window (if any) is longer than the sequence."""
-    cfg = lm.config
+def lean_supported(policy, max_len):
+    """Llama-family SiLU models with plain logits whose sliding window (if any) is longer than
+    the sequence."""
+    cfg = policy.lm.config
     window = getattr(cfg, "sliding_window", None) if (
         getattr(cfg, "use_sliding_window", True) and cfg.model_type != "llama") else None
     return (cfg.model_type in LEAN_FAMILIES and getattr(cfg, "hidden_act", "silu") == "silu"
-            and (not window or max_len <= window))
+            and policy.logit_scale == 1.0 and (not window or max_len <= window))
+
+
+SYNC_EVERY = 8  # decoding steps between the loop's host syncs (each stalls a GPU's queue)
 
 
 @torch.inference_mode()
-def generate(policy, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_p=1.0,
+def generate(policy, prompts, max_new_tokens, stop, pad_id, temperature=1.0, top_p=1.0,
              generator=None, lean=True):
     """Sample continuations of a ragged batch of prompts (lists of ids) with a KV cache.
 
-    Rows that reach eos leave the batch once a quarter of the live rows have finished (dropping
-    copies the whole cache, so it is batched), and a batch of mixed lengths costs about what its
-    live rows cost. `lean` picks `lean_decoder` where the architecture allows, else the Hugging
-    Face forward. Returned tensors are ordinary ones, usable as constants in a later backward.
+    A row ends at any token of `stop` (a list of ids). Every SYNC_EVERY steps the loop reads
+    how many rows are done (its only host sync): it stops when all are, and drops finished rows
+    once they are a quarter of the live ones (dropping copies the whole cache, so it is
+    batched); so a batch of mixed lengths costs about what its live rows cost. The uniform
+    draws come from `generator` (a CPU torch.Generator; None: the global one) for the whole
+    rollout at once, so the same seed samples the same tokens on any device. `lean` picks
+    `lean_decoder` where the architecture allows, else the Hugging Face forward. Returned
+    tensors are ordinary ones, usable as constants in a later backward.
     """
-    device = policy.lm.get_output_embeddings().weight.device
+    device = device_of(policy)
     batch = len(prompts)
     ids, mask, positions = left_pad(prompts, pad_id, device)
     max_len = ids.shape[1] + max_new_tokens
     step, keep_rows = (lean_decoder(policy.lm, batch, max_len)
-                       if lean and lean_supported(policy.lm, max_len) else hf_decoder(policy))
+                       if lean and lean_supported(policy, max_len) else hf_decoder(policy))
+    stop = torch.tensor(stop, dtype=torch.long, device=device)
+    uniforms = (torch.rand((max_new_tokens, batch), generator=generator).to(device)
+                if temperature > 0 else torch.zeros((max_new_tokens, batch), device=device))
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    logprobs = torch.zeros((batch, max_new_tokens), device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     live = torch.arange(batch, device=device)  # original row of each row still decoding
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # finished but not yet dropped
     logits = step(ids, mask, positions)
     next_pos = positions[:, -1] + 1
     for t in range(max_new_tokens):
-        token = pick_tokens(logits, temperature, top_p, generator).masked_fill(done, pad_id)
-        step_logprob = torch.log_softmax(logits, -1).gather(-1, token.clamp(min=0)[:, None])
+        token = pick_tokens(logits, temperature, top_p, uniforms[t, live]).masked_fill(done, pad_id)
         tokens[live, t] = token
-        logprobs[live, t] = step_logprob.squeeze(-1).masked_fill(done, 0.0)
         lengths[live] += (~done).long()
-        done = done | (token == eos_id)
-        if t == max_new_tokens - 1 or bool(done.all()):
+        done = done | torch.isin(token, stop)
+        if t == max_new_tokens - 1:
             break
-        if 4 * int(done.sum()) >= len(live):
-            keep = (~done).nonzero().squeeze(-1)
-            keep_rows(keep)
-            live, token, mask, next_pos = live[keep], token[keep], mask[keep], next_pos[keep]
-            done = done[keep]
+        if (t + 1) % SYNC_EVERY == 0:
+            finished = int(done.sum())
+            if finished == len(live):
+                break
+            if 4 * finished >= len(live):
+                keep = (~done).nonzero().squeeze(-1)
+                keep_rows(keep)
+                live, token, mask, next_pos = live[keep], token[keep], mask[keep], next_pos[keep]
+                done = done[keep]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
         logits = step(token[:, None], mask, next_pos[:, None])
         next_pos = next_pos + 1
-    finished = (tokens == eos_id).any(-1)
-    return Rollout(tokens.clone(), logprobs.clone(), lengths.clone(), finished)
+    last = tokens.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(-1)
+    finished = (lengths > 0) & torch.isin(last, stop)
+    return Rollout(tokens.clone(), lengths.clone(), finished)
 
 
 @dataclass
 class Completion:
     prompt_ids: list   # the rendered prompt's token ids
-    ids: list          # the new token ids, eos included when it came
-    logprobs: list     # log pi_old of each new token
-    text: str          # the new tokens decoded, eos and padding dropped
-    finished: bool     # ended at eos
+    ids: list          # the new token ids, the stop token included when it came
+    text: str          # the new tokens decoded, the stop token and special tokens dropped
+    finished: bool     # ended on a stop token
 
 
 def complete(policy, tokenizer, prompts, max_new_tokens, temperature=1.0, top_p=1.0,
@@ -308,19 +419,19 @@ def complete(policy, tokenizer, prompts, max_new_tokens, temperature=1.0, top_p=
 
     Prompts are sorted by length first so that each batch pads little."""
     prompt_ids = encode(tokenizer, prompts)
+    stop = stop_ids(policy.lm, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
     out = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        roll = generate(policy, [prompt_ids[i] for i in rows], max_new_tokens,
-                        tokenizer.eos_token_id, tokenizer.pad_token_id, temperature, top_p,
-                        generator)
+        roll = generate(policy, [prompt_ids[i] for i in rows], max_new_tokens, stop,
+                        tokenizer.pad_token_id, temperature, top_p, generator)
+        tokens, lengths, finished = (x.tolist() for x in (roll.tokens, roll.lengths,
+                                                          roll.finished))  # one copy to host
         for j, i in enumerate(rows):
-            n = int(roll.lengths[j])
-            ids = roll.tokens[j, :n].tolist()
-            out[i] = Completion(prompt_ids[i], ids, roll.logprobs[j, :n].tolist(),
-                                tokenizer.decode(ids, skip_special_tokens=True),
-                                bool(roll.finished[j]))
+            ids = tokens[j][:lengths[j]]
+            text = tokenizer.decode(ids[:-1] if finished[j] else ids, skip_special_tokens=True)
+            out[i] = Completion(prompt_ids[i], ids, text, finished[j])
     return out
 
 
@@ -330,75 +441,57 @@ def complete(policy, tokenizer, prompts, max_new_tokens, temperature=1.0, top_p=
 class Packed:
     """Prompt + completion sequences, right-padded, and where the completion tokens are scored."""
     input_ids: torch.Tensor       # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    position_ids: torch.Tensor    # [B, L]
     rows: torch.Tensor            # [n] row of each scored completion token
     cols: torch.Tensor            # [n] position whose hidden state predicts it
     targets: torch.Tensor         # [n] the completion token ids
     seq_of_token: torch.Tensor    # [n] index of the sequence each token belongs to
 
 
-def pack(prompts, completions, pad_id, device="cpu"):
-    """Right-padded batch of prompt+completion id lists, with the completion tokens flattened."""
+def pack(prompts, completions, pad_id, device):
+    """Right-padded batch of prompt+completion id lists on `device`, the completion tokens
+    flattened. Built on the host and copied once.
+
+    No attention mask is needed: with the padding on the right, causal attention never lets a
+    real token see a pad, and the pads' own outputs are never scored. Without a mask the
+    forward keeps its fused causal kernel (flash attention on CUDA) instead of a masked one."""
+    if any(not p for p in prompts):
+        raise ValueError("pack: an empty prompt leaves no position to predict the first "
+                         "completion token (encode() puts a bos in front of every prompt)")
     seqs = [p + c for p, c in zip(prompts, completions)]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    ids = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id, dtype=torch.long)
     rows, cols = [], []
     for i, (p, s) in enumerate(zip(prompts, seqs)):
         ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
         rows += [i] * (len(s) - len(p))
         cols += range(len(p) - 1, len(s) - 1)  # hidden state at j predicts token j + 1
     rows, cols = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
-    positions = torch.arange(width).expand(len(seqs), width)
-    return Packed(ids.to(device), mask.to(device), positions.to(device), rows.to(device),
-                  cols.to(device), ids[rows, cols + 1].to(device), rows.to(device))
+    return Packed(*(t.to(device) for t in (ids, rows, cols, ids[rows, cols + 1], rows)))
 
 
 def run_head(policy, packed, head):
-    """Forward `packed` and apply head(hidden [n, H] of the scored tokens, lm_head weight,
-    packed)."""
+    """Forward `packed` and apply head(hidden [n, H] of the scored tokens, lm_head weight)."""
     def on_scored(hidden, weight):
         return head(hidden[packed.rows, packed.cols], weight)
-    result, _ = policy(on_scored, input_ids=packed.input_ids,
-                       attention_mask=packed.attention_mask, position_ids=packed.position_ids,
-                       use_cache=False)
+    result, _ = policy(on_scored, input_ids=packed.input_ids, use_cache=False)
     return result
-
-
-def chunked_token_logprobs(hidden, weight, targets, chunk=1024):
-    """log_softmax(hidden @ weight.T)[targets], a chunk of rows at a time ([n, V] never whole)."""
-    out = [torch.log_softmax(F.linear(h, weight).float(), -1).gather(-1, y[:, None]).squeeze(-1)
-           for h, y in zip(hidden.split(chunk), targets.split(chunk))]
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
-
-
-@torch.no_grad()
-def token_logprobs(policy, prompts, completions, pad_id):
-    """Teacher-forced log pi(completion token | prefix), one 1-D tensor per completion."""
-    packed = pack(prompts, completions, pad_id, policy.lm.get_output_embeddings().weight.device)
-    flat = run_head(policy, packed, lambda h, w: chunked_token_logprobs(h, w, packed.targets))
-    return list(flat.split([len(c) for c in completions]))
 
 
 # ----------------------------------------------------------------------------- distributed
 
 def setup_distributed():
     """Start the process group under torchrun (nccl on CUDA, gloo on CPU); no-op otherwise.
-
-    Returns (rank, world_size, device).
-    """
+    On CUDA, float32 matrix products may use TF32 (the fused loss's fp32 logits of bf16 inputs
+    lose nothing by it: a bf16 number is exact in TF32). Returns (rank, world_size, device)."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.set_float32_matmul_precision("high")
     if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-            else torch.device("cpu")
-        return rank, world, device
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        return dist.get_rank(), dist.get_world_size(), device
     if "RANK" not in os.environ:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return 0, 1, torch.device(device)
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
+    if cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
         dist.init_process_group("nccl", device_id=torch.device("cuda", local))
@@ -417,8 +510,69 @@ def teardown_distributed():
         dist.destroy_process_group()
 
 
+def is_main():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# Every collective of ours goes through the helpers below, which put the tensors where the
+# backend can reduce them: NCCL only reduces CUDA tensors, gloo only CPU ones.
+
+def collective_device(backend):
+    """The device a backend ("gloo", "nccl", or a map like "cpu:gloo,cuda:nccl") reduces on."""
+    backends = dict(part.split(":") for part in backend.split(",")) if ":" in backend else {}
+    if "cpu" in backends or backend == "gloo":
+        return torch.device("cpu")
+    if "nccl" in backend:
+        return torch.device("cuda")  # the current device, set by setup_distributed
+    raise ValueError(f"no collective device known for backend {backend!r}")
+
+
+def all_reduce(values, op="sum"):
+    """Sum (op "sum") or max (op "max") a list of floats over ranks; the list back."""
+    if not dist.is_initialized():
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device(dist.get_backend()))
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return t.tolist()
+
+
+def all_gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, ...] (picklable objects; [obj] in one process)."""
+    if not dist.is_initialized():
+        return [obj]
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, obj)  # torch places it on the current CUDA device for nccl
+    return everyone
+
+
+def broadcast_(tensor):
+    """Overwrite `tensor` with rank 0's, in place (a device tensor is staged through the backend's
+    device when they differ)."""
+    if not dist.is_initialized():
+        return tensor
+    staged = tensor.to(collective_device(dist.get_backend()))
+    dist.broadcast(staged, src=0)
+    return tensor.copy_(staged)
+
+
 def decoder_layers(lm):
-    return lm.base_model.layers  # Llama, Qwen2 and Mistral all keep them here
+    return lm.base_model.layers  # every architecture in SUPPORTED keeps them here
+
+
+def enable_checkpointing(policy):
+    """Activation checkpointing: each decoder layer keeps only its input and recomputes the rest
+    in backward. Hugging Face applies it only in training mode (`policy.train()`)."""
+    policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return policy
 
 
 def shard(policy, activation_checkpointing=False):
@@ -431,8 +585,7 @@ def shard(policy, activation_checkpointing=False):
     else:
         mp = MixedPrecisionPolicy()
     if activation_checkpointing:
-        policy.lm.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(policy)
     for layer in decoder_layers(policy.lm):
         fully_shard(layer, mp_policy=mp)
     fully_shard(policy, mp_policy=mp)
@@ -466,18 +619,10 @@ def gathered_for_rollout(policy):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def is_main():
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def replace_dir(tmp, final):
     """Swap a finished temporary directory into place: a reader sees the old or the new, never
-    half of one (two renames; a crash between them leaves `final.old`, which is still whole)."""
+    half of one (two renames; a crash between them leaves `final.old`, still whole, which
+    `recover_dir` puts back)."""
     old = final + ".old"
     if os.path.exists(final):
         shutil.rmtree(old, ignore_errors=True)
@@ -486,22 +631,47 @@ def replace_dir(tmp, final):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_pretrained_atomic(lm, tokenizer, path, state_dict=None):
+def recover_dir(final):
+    """Undo a crash between the two renames of `replace_dir`: `final` is back if only
+    `final.old` was left. Returns whether `final` exists."""
+    if not os.path.exists(final) and os.path.isdir(final + ".old"):
+        os.rename(final + ".old", final)
+    return os.path.exists(final)
+
+
+def save_pretrained_atomic(lm, tokenizer, path, state_dict=None, dtype=None):
+    """save_pretrained into `path.tmp`, then swap it in; `dtype` is written to config.json when
+    the state dict was cast to it (save_pretrained would record the module's own)."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
     tmp = path.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     lm.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
+    if dtype is not None:
+        config_path = os.path.join(tmp, "config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2)
     replace_dir(tmp, path.rstrip("/"))
 
 
 def save_hf(policy, tokenizer, path):
-    """Export a Hugging Face directory (safetensors) that any HF tool loads. Under FSDP the full
-    state dict is gathered to rank 0 (on CPU) and only rank 0 writes."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    full = get_model_state_dict(policy.lm, options=StateDictOptions(
-        full_state_dict=True, cpu_offload=dist.is_initialized()))
+    """Export a Hugging Face directory (safetensors) that any HF tool loads, in the checkpoint's
+    own dtype (bf16 for Llama-3: 16 GB, not 32). Under FSDP the tensors are gathered one at a
+    time (a collective on every rank, in the same order) and only rank 0 keeps and writes them."""
+    from torch.distributed.tensor import DTensor
+    full, seen = {}, {}
+    for name, tensor in policy.lm.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:  # tied weights: one gather, one shared tensor in the export
+            whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            dtype = policy.save_dtype if whole.is_floating_point() else whole.dtype
+            seen[id(tensor)] = whole.detach().to("cpu", dtype) if is_main() else None
+        full[name] = seen[id(tensor)]
     if is_main():
-        save_pretrained_atomic(policy.lm, tokenizer, path, state_dict=full)
+        save_pretrained_atomic(policy.lm, tokenizer, path, state_dict=full, dtype=policy.save_dtype)
     barrier()
 
 
@@ -519,8 +689,8 @@ def set_rng_state(state):
 
 def save_state(policy, optimizer, path, meta):
     """Resumable training state: sharded model + optimizer (torch.distributed.checkpoint), each
-    rank's RNG states, and `meta` (JSON: step, stage, anything the trainer needs). Written to
-    `path.tmp` and renamed into place once every rank has finished writing."""
+    rank's RNG states, and `meta` (JSON: step, stage, anything the trainer needs; the world size
+    is added). Written to `path.tmp` and renamed into place once every rank has finished."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     tmp = path.rstrip("/") + ".tmp"
@@ -534,13 +704,16 @@ def save_state(policy, optimizer, path, meta):
     barrier()
     if is_main():
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f)
+            json.dump({**meta, "world": world()}, f)
         replace_dir(tmp, path.rstrip("/"))
     barrier()
 
 
 def load_state(policy, optimizer, path):
-    """Restore what `save_state` wrote, in place; returns its `meta`."""
+    """Restore what `save_state` wrote, in place; returns its `meta` (without the world size).
+    Model and optimizer reshard to any world size (torch.distributed.checkpoint does it); the
+    RNG states are restored only at the world size they were saved at, since a rank's stream
+    belongs to that rank."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     # With no gradients present, get_state_dict creates the optimizer's state tensors (a fresh
@@ -551,10 +724,12 @@ def load_state(policy, optimizer, path):
     dcp.load(state, checkpoint_id=path)
     set_state_dict(policy, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    set_rng_state(torch.load(os.path.join(path, f"rng_{rank}.pt"), weights_only=False))
     with open(os.path.join(path, "meta.json")) as f:
-        return json.load(f)
+        meta = json.load(f)
+    if meta.pop("world", 1) == world():
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        set_rng_state(torch.load(os.path.join(path, f"rng_{rank}.pt"), weights_only=False))
+    return meta
 
 
 if __name__ == "__main__":

@@ -90,11 +90,30 @@ def _chunks(n, size):
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _logprobs(hidden, w, targets, spans, buf):
+    """log p of every target, chunk by chunk, in w's dtype (no gradients kept)."""
+    out = torch.empty(hidden.shape[0], dtype=w.dtype, device=w.device)
+    for a, b in spans:
+        _, out[a:b], _ = _chunk_softmax(hidden[a:b].to(w.dtype), w, targets[a:b], buf[: b - a])
+    return out
+
+
+@torch.no_grad()
+def token_logprobs(hidden, weight, targets, chunk_size=1024):
+    """log pi(target) of each token by the fused loss's own arithmetic (its dtype, its chunks), so
+    a log-prob recorded with it is the one `fused_loss` recomputes from the same forward: a
+    ratio pi_theta / pi_old starts at exactly 1, in bf16 too. hidden [N,H], weight [V,H]."""
+    w = weight.to(_compute_dtype(torch.promote_types(hidden.dtype, weight.dtype)))
+    n = hidden.shape[0]
+    buf = torch.empty(min(chunk_size, max(n, 1)), w.shape[0], dtype=w.dtype, device=w.device)
+    return _logprobs(hidden, w, targets, _chunks(n, chunk_size), buf)
+
+
 class _FusedLoss(torch.autograd.Function):
     """Chunked loss whose forward also computes the input gradients (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, coef, mask, old_logp, ref_logp, seq_id,
+    def forward(ctx, hidden, weight, targets, coef, mask, old_logp, ref_logp, seq_id, n_seq,
                 mode, clip_eps, kl_coef, beta, normalizer, chunk_size, grad_hidden_needed,
                 grad_weight_needed):
         n = hidden.shape[0]
@@ -110,12 +129,9 @@ class _FusedLoss(torch.autograd.Function):
         # (no gradients kept) gathers every token's log p, then the per-token dL/dlog p.
         dpo_grad = None
         if mode == "dpo":
-            logp_all = torch.empty(n, dtype=dtype, device=w.device)
-            for a, b in spans:
-                _, logp_all[a:b], _ = _chunk_softmax(hidden[a:b].to(dtype), w, targets[a:b],
-                                                     buf[: b - a])
-            dpo_loss, dpo_grad, dpo_stats = _dpo_terms(logp_all, coef, ref_logp, seq_id,
-                                                       beta, normalizer)
+            dpo_loss, dpo_grad, dpo_stats = _dpo_terms(_logprobs(hidden, w, targets, spans, buf),
+                                                       coef, ref_logp, seq_id, n_seq, beta,
+                                                       normalizer)
 
         grad_h = torch.zeros(n, hidden.shape[1], dtype=dtype, device=w.device) \
             if grad_hidden_needed else None
@@ -181,7 +197,7 @@ class _FusedLoss(torch.autograd.Function):
             grad_h = grad_h.mul_(grad_total).to(ctx.dtypes[0])
         if grad_w is not None:
             grad_w = grad_w.mul_(grad_total).to(ctx.dtypes[1])
-        return (grad_h, grad_w) + (None,) * 14
+        return (grad_h, grad_w) + (None,) * 15
 
 
 def _stat_names(mode, has_ref):
@@ -193,7 +209,7 @@ def _stat_names(mode, has_ref):
     return names
 
 
-def _dpo_terms(logp, coef, ref_logp, seq_id, beta, normalizer):
+def _dpo_terms(logp, coef, ref_logp, seq_id, n_seq, beta, normalizer):
     """Sequence-level DPO from per-token log-probs: (loss, dL/dlog p_t, stats).
 
     Pairing convention: sequence ids 2p (chosen) and 2p+1 (rejected) form pair p; a token's
@@ -202,12 +218,9 @@ def _dpo_terms(logp, coef, ref_logp, seq_id, beta, normalizer):
     z_p = beta (S_2p - S_2p+1):  L = sum_p -logsigmoid(z_p) / normalizer (default: the
     number of pairs), and dL/dlog p_t = +-beta c_t (sigmoid(z_p) - 1) / normalizer.
     """
-    if seq_id is None or ref_logp is None:
-        raise ValueError("mode='dpo' needs seq_id and ref_logp")
-    n_seq = int(seq_id.max()) + 1
     if n_seq % 2:
         raise ValueError("mode='dpo' pairs sequences 2p (chosen) and 2p+1 (rejected): "
-                         f"the largest seq_id must be odd, got {n_seq - 1}")
+                         f"the number of sequences must be even, got {n_seq}")
     n_pairs = n_seq // 2
     seq_sum = torch.zeros(n_pairs * 2, dtype=logp.dtype, device=logp.device)
     seq_sum.index_add_(0, seq_id, coef * (logp - ref_logp))
@@ -221,7 +234,7 @@ def _dpo_terms(logp, coef, ref_logp, seq_id, beta, normalizer):
 
 
 def fused_loss(hidden, weight, targets, coef, mode="pg", *, old_logp=None, ref_logp=None,
-               clip_eps=0.2, kl_coef=0.0, seq_id=None, beta=0.1, normalizer=None,
+               clip_eps=0.2, kl_coef=0.0, seq_id=None, n_seq=None, beta=0.1, normalizer=None,
                chunk_size=1024, mask=None):
     """The one loss every role trains through, without ever holding [N, V] logits.
 
@@ -241,8 +254,10 @@ def fused_loss(hidden, weight, targets, coef, mode="pg", *, old_logp=None, ref_l
     mode "dpo": seq_id [N] puts tokens in sequences, sequences 2p (chosen) and 2p+1
                 (rejected) form pair p; loss = sum_p -logsigmoid(beta((S_w - R_w) -
                 (S_l - R_l))) / normalizer (default: the number of pairs), S and R the
-                coef-weighted sums of log p and ref_logp of each sequence.  Costs one
-                extra chunked forward pass (the per-token gradient needs the pair totals).
+                coef-weighted sums of log p and ref_logp of each sequence; n_seq the number
+                of sequences (default seq_id.max() + 1, which reads a device value back to
+                the host).  Costs one extra chunked forward pass (the per-token gradient
+                needs the pair totals).
 
     Precision: float64 stays float64; float32, bf16 and fp16 compute logits, softmax and
     gradient accumulation in float32 (half weights are copied to float32 once per call).
@@ -255,12 +270,16 @@ def fused_loss(hidden, weight, targets, coef, mode="pg", *, old_logp=None, ref_l
         raise ValueError(f"hidden [N,H] and weight [V,H] expected, got {tuple(hidden.shape)} "
                          f"and {tuple(weight.shape)}")
     mask = (coef != 0) if mask is None else mask.bool()
-    if normalizer is None and mode != "dpo":
+    if mode == "dpo":
+        if seq_id is None or ref_logp is None:
+            raise ValueError("mode='dpo' needs seq_id and ref_logp")
+        n_seq = int(seq_id.max()) + 1 if n_seq is None else n_seq
+    elif normalizer is None:
         normalizer = mask.sum().clamp(min=1)  # a tensor: no device sync
     grad_on = torch.is_grad_enabled()
     loss, stats = _FusedLoss.apply(
         hidden, weight, targets, coef.detach(), mask, _detached(old_logp),
-        _detached(ref_logp), seq_id, mode, clip_eps, kl_coef, beta, normalizer, chunk_size,
+        _detached(ref_logp), seq_id, n_seq, mode, clip_eps, kl_coef, beta, normalizer, chunk_size,
         grad_on and hidden.requires_grad, grad_on and weight.requires_grad)
     return loss, dict(zip(_stat_names(mode, ref_logp is not None), stats.unbind()))
 

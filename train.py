@@ -35,7 +35,9 @@ is scaled by the world size, since FSDP averages gradients over ranks.
 
 Simplifications, stated plainly:
   - one optimizer step per rollout batch, so pi_old = pi_theta at the step and r_t = 1
-    (the clip only acts if you raise `ppo_epochs`);
+    (the clip only acts if you raise `ppo_epochs`; pi_old is then recomputed by the trainer's
+    own forward, not taken from the sampler, whose bf16 logits differ); the KL of `kl_coef`
+    is to that same pi_old, so it too acts only from the second epoch on;
   - a seed none of whose M posings is valid is solved on an environment task of the same
     family and level (the poser still gets -1), so the other roles learn while it learns;
   - p_hat (the poser's solve rate) and the revision's correctness come from the verifier,
@@ -118,6 +120,7 @@ class Config:
     compare_minutes: float = 4.0  # compare: wall minutes of each of the three arms
     compare_eval_n: int = 600   # compare: held-out items for the final table
     hints: bool = False         # prepend format hints to role prompts (for chat models)
+    checkpointing: str = "auto"  # activation checkpointing: auto (on with CUDA) | on | off
     threads: int = 0            # CPU threads per process; 0 = cores / ranks
 
 
@@ -142,7 +145,7 @@ def parse_args(argv):
         except ValueError:
             sys.exit(f"train.py: --{key}={value!r} is not a valid {kind.__name__}")
         setattr(cfg, key, parsed)
-    checks = {"stage": STAGES, "reward": ("verbal", "scalar"),
+    checks = {"stage": STAGES, "reward": ("verbal", "scalar"), "checkpointing": ("auto", "on", "off"),
               "ability": tasks.FAMILIES[:3], "merge_method": merging.METHODS}
     for key, valid in checks.items():
         if getattr(cfg, key) not in valid:
@@ -176,70 +179,94 @@ class Sample:
     prompt_ids: list
     ids: list
     coef: list
-    old_logp: list = None
 
 
-def world():
-    return dist.get_world_size() if dist.is_initialized() else 1
+@dataclass
+class MicroBatch:
+    """Samples packed for one forward on the policy's device."""
+    packed: M.Packed
+    coef: torch.Tensor  # [n] coefficient of each completion token
+    mask: torch.Tensor  # [n] bool, False on a padding batch
+    padding: bool       # a stand-in that keeps this rank in step with the others
 
 
-def all_reduce(values, op=None):
-    """Sum (or max) a list of floats over ranks."""
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t.tolist()
+def micro_batches(groups, pad_id, device):
+    """One MicroBatch per group of samples, then padding ones up to the most any rank has (at
+    least one): every FSDP forward is a collective, so every rank runs as many. A padding batch (one pad token,
+    coefficient 0, mask False) gives exactly 0 loss and 0 gradient, KL term included."""
+    count = max(1, int(M.all_reduce([len(groups)], "max")[0]))
+    out = []
+    for group in groups + [None] * (count - len(groups)):
+        part = group or [Sample("padding", [pad_id], [pad_id], [0.0])]
+        packed = M.pack([s.prompt_ids for s in part], [s.ids for s in part], pad_id, device)
+        coef = torch.tensor([c for s in part for c in s.coef], device=device)
+        out.append(MicroBatch(packed, coef, torch.full_like(coef, group is not None,
+                                                            dtype=torch.bool), group is None))
+    return out
 
 
-def train_on(policy, optimizer, samples, cfg, pad_id, mode):
-    """Gradient of the fused loss over `samples` in micro-batches, then one optimizer step.
+def logprobs_of(policy, batch):
+    """log pi of the batch's completion tokens, by the fused loss's arithmetic (no gradient)."""
+    with torch.no_grad():
+        return M.run_head(policy, batch.packed,
+                          lambda h, w: R.token_logprobs(h, w, batch.packed.targets))
 
-    Every rank runs the same number of micro-batches (an empty one trains a zero-coefficient
-    dummy), since each FSDP forward is a collective. Returns loss/entropy/grad-norm figures,
-    and for the policy gradient the fraction of tokens whose ratio was clipped."""
+
+def train_on(policy, optimizer, samples, cfg, pad_id, mode, epochs=1):
+    """`epochs` optimizer steps on `samples` (mode "pg" or "nll"), each the gradient of the fused
+    loss summed over micro-batches of `micro_batch` samples. The loss is divided by the global
+    token count and scaled by the world size, since FSDP averages gradients over ranks.
+
+    The policy gradient's pi_old and the KL's reference are the policy before the first epoch:
+    with one epoch and no KL it is pi_theta itself (ratio exactly 1, nothing to compute); else its
+    log-probs are taken by the loss's own arithmetic on the same micro-batches, so the first
+    epoch's ratio is exactly 1 in bf16 too (the sampler's bf16 log-probs would not be). Returns
+    the last epoch's figures (loss, entropy, grad norm, tokens, and the clipped fraction)."""
+    device = M.device_of(policy)
     samples = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.ids))  # less padding
-    global_tokens = all_reduce([sum(len(s.ids) for s in samples)])[0]
-    n_micro = int(all_reduce([math.ceil(len(samples) / cfg.micro_batch)], dist.ReduceOp.MAX)[0])
-    totals = torch.zeros(4 if mode == "pg" else 3)  # loss, entropy*tokens, tokens[, clipped]
-    for k in range(n_micro):
-        part = samples[k * cfg.micro_batch:(k + 1) * cfg.micro_batch]
-        if not part:
-            part = [Sample("dummy", [pad_id], [pad_id], [0.0], [0.0])]
-        packed = M.pack([s.prompt_ids for s in part], [s.ids for s in part], pad_id)
-        coef = torch.tensor([c for s in part for c in s.coef])
-        old = (torch.tensor([x for s in part for x in s.old_logp])
-               if mode == "pg" and part[0].old_logp is not None else None)
+    size = cfg.micro_batch
+    batches = micro_batches([samples[i:i + size] for i in range(0, len(samples), size)], pad_id,
+                            device)
+    tokens = M.all_reduce([sum(len(s.ids) for s in samples)])[0]
+    normalizer = torch.tensor(max(tokens, 1.0), device=device)
+    old = [None] * len(batches)
+    if mode == "pg" and (epochs > 1 or cfg.kl_coef):
+        old = [logprobs_of(policy, b) for b in batches]
+    for _ in range(epochs):
+        totals = []
+        for b, old_logp in zip(batches, old):
+            def head(hidden, weight):
+                return R.fused_loss(hidden, weight, b.packed.targets, b.coef, mode,
+                                    old_logp=old_logp, clip_eps=cfg.clip_eps,
+                                    kl_coef=cfg.kl_coef, ref_logp=old_logp if cfg.kl_coef else None,
+                                    mask=b.mask, normalizer=normalizer)
+            loss, stats = M.run_head(policy, b.packed, head)
+            (loss * M.world()).backward()
+            totals.append(figures(loss, stats, b.mask))
+        metrics = finish_step(policy, optimizer, cfg, torch.stack(totals).sum(0))
+    return metrics
 
-        def head(hidden, weight):
-            return R.fused_loss(hidden, weight, packed.targets, coef, mode, old_logp=old,
-                                clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
-                                ref_logp=old if cfg.kl_coef else None,
-                                mask=torch.ones_like(coef, dtype=torch.bool),
-                                normalizer=torch.tensor(max(global_tokens, 1.0)))
-        loss, stats = M.run_head(policy, packed, head)
-        (loss * world()).backward()
-        figures = [loss.item(), stats["entropy"].item() * len(coef), len(coef)]
-        if mode == "pg":
-            figures.append(stats["clip_frac"].item() * len(coef))
-        totals += torch.tensor(figures)
-    return finish_step(policy, optimizer, cfg, totals)
+
+def figures(loss, stats, mask):
+    """[loss, entropy x tokens, tokens, clipped tokens] of one micro-batch, on its device."""
+    n = mask.sum().to(loss.dtype)
+    clipped = stats.get("clip_frac", torch.zeros_like(n))
+    return torch.stack([loss.detach(), stats["entropy"] * n, n, clipped * n]).double()
 
 
 def finish_step(policy, optimizer, cfg, totals):
     """Clip, skip the step if anything is non-finite, else apply it. `totals`: this rank's
-    summed [loss, entropy x tokens, tokens] (and clipped tokens for the policy gradient)."""
+    summed `figures`. The step's one host sync reads them together with the gradient norm."""
     norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-    loss, ent_sum, n, *clipped = all_reduce(totals.tolist())  # one collective for all figures
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    *mine, norm = torch.cat([totals, norm.detach().double().view(1).to(totals.device)]).tolist()
+    loss, ent_sum, n, clipped = M.all_reduce(mine)  # one collective for all figures
     skipped = not (math.isfinite(norm) and math.isfinite(loss))
     if not skipped:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    metrics = {"loss": loss, "entropy": ent_sum / max(n, 1), "grad_norm": norm,
-               "skipped": int(skipped), "tokens": n}
-    if clipped:
-        metrics["clip_frac"] = clipped[0] / max(n, 1)
-    return metrics
+    return {"loss": loss, "entropy": ent_sum / max(n, 1), "grad_norm": norm,
+            "skipped": int(skipped), "tokens": n, "clip_frac": clipped / max(n, 1)}
 
 
 def rendered(tok, prompt, cfg):
@@ -299,7 +326,8 @@ CORPUS = {}  # path -> documents, read once per process
 
 def step_randomness(cfg, step, rank):
     """The step's task RNG and sampling generator, from (seed, step, rank) alone: a resumed
-    run draws exactly what the uninterrupted one drew."""
+    run draws exactly what the uninterrupted one drew. The generator is a CPU one on every
+    device: the sampler draws its uniforms on the host (model.generate)."""
     return (random.Random(f"{cfg.seed}/{step}/{rank}"),
             torch.Generator().manual_seed(hash((cfg.seed, step, rank)) % 2**31))
 
@@ -308,20 +336,30 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
     rng, _ = step_randomness(cfg, step, rank)
     levels, mix = demo_settings(cfg)
     samples = [demonstration(rng, tok, cfg, levels, mix)
-               for _ in range(max(1, cfg.batch // world()))]
+               for _ in range(max(1, cfg.batch // M.world()))]
     metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
     return metrics, []
 
 
 # ----------------------------------------------------------------------------- self-play
 
+CONTEXT = 4  # tokens of left context when decoding one token's characters
+
+
 def token_steps(tok, ids, text):
-    """1-based solution step of each completion token (eos counts with the last step)."""
+    """1-based solution step (line of `text`, the decoded completion) of each completion token,
+    found from where the token's characters end; the stop token counts with the last step.
+
+    A token's characters are what it adds to the text of the few tokens before it. Decoded
+    alone, a SentencePiece token (Llama-2, Mistral, Gemma) loses its leading-space marker, and
+    every step boundary after it would move."""
     char_steps = roles.step_of_chars(text) or [1]
-    steps, pos = [], 0
-    for i in ids:
-        pos += len(tok.decode([i], skip_special_tokens=True))
-        steps.append(char_steps[min(max(pos - 1, 0), len(char_steps) - 1)])
+    windows = [ids[max(0, i - CONTEXT):i + 1] for i in range(len(ids))]
+    texts = tok.batch_decode(windows + [w[:-1] for w in windows], skip_special_tokens=True)
+    steps, end = [], 0
+    for with_it, without in zip(texts[:len(ids)], texts[len(ids):]):
+        end += len(with_it) - len(without)
+        steps.append(char_steps[min(max(end - 1, 0), len(char_steps) - 1)])
     return steps
 
 
@@ -342,7 +380,7 @@ def rl_samples(role, completions, advantages, keep, credits=None):
     for j, (c, a, k) in enumerate(zip(completions, advantages, keep)):
         if k and c.ids:
             coef = credits[j] if credits else [float(a)] * len(c.ids)
-            out.append(Sample(role, c.prompt_ids, c.ids, coef, c.logprobs))
+            out.append(Sample(role, c.prompt_ids, c.ids, coef))
     return out
 
 
@@ -350,7 +388,7 @@ def seed_plan(rng, cfg, curriculum):
     """This rank's share of the step's seeds: (family, its curriculum level) each."""
     families = cfg.families.split(",")
     return [(f, curriculum[f]) for f in (rng.choice(families)
-                                         for _ in range(max(1, cfg.seeds // world())))]
+                                         for _ in range(max(1, cfg.seeds // M.world())))]
 
 
 def environment_tasks(plan, rng, cfg):
@@ -453,7 +491,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
 
 def means_over_ranks(stats):
     """{key: list of values on this rank} -> {key: mean over every rank's values, or None}."""
-    sums = all_reduce([x for values in stats.values() for x in (sum(values), len(values))])
+    sums = M.all_reduce([x for values in stats.values() for x in (sum(values), len(values))])
     return {key: total / count if count else None
             for key, total, count in zip(stats, sums[0::2], sums[1::2])}
 
@@ -483,14 +521,9 @@ def rl_step(policy, optimizer, tok, cfg, step, rank, state):
     else:
         samples, stats, solved, shown = alive_rollouts(policy, tok, cfg, plan, rng, gen, step)
     policy.train()
-    for _ in range(cfg.ppo_epochs):
-        metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "pg")
+    metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "pg", cfg.ppo_epochs)
     # every rank must agree on the curriculum: gather the (family, level, correct) triples
-    everyone = [None] * world()
-    if dist.is_initialized():
-        dist.all_gather_object(everyone, solved)
-    else:
-        everyone = [solved]
+    everyone = M.all_gather_objects(solved)
     update_curriculum(state["curriculum"], state["history"], sum(everyone, []), cfg)
     metrics.update(means_over_ranks(stats))
     for role in ("pose", "solve", "judge", "revise"):
@@ -548,39 +581,38 @@ def refine_step(policy, optimizer, tok, cfg, step, rank, state):
         "reward/revise": [b.score - a.score for chain in chains for a, b in zip(chain, chain[1:])],
         "revisions": [len(chain) - 1 for chain in chains],
         "acc/solve": [float(chain[0].score >= 1) for chain in chains[::2]]}))
-    metrics["pairs"], metrics["thoughts"] = all_reduce([len(samples) // 2, len(thoughts)])
+    metrics["pairs"], metrics["thoughts"] = M.all_reduce([len(samples) // 2, len(thoughts)])
     return metrics, []
 
 
 def dpo_update(policy, optimizer, pairs, thoughts, cfg, pad_id):
-    """One step on DPO pairs (sequences 2p chosen, 2p+1 rejected) plus long-thought NLL.
+    """One step on DPO pairs (samples 2p chosen, 2p+1 rejected) plus long-thought NLL, in
+    micro-batches of at most `micro_batch` sequences that never split a pair. The DPO reference
+    is the policy itself before the step (the sampling policy: no second copy), its log-probs
+    taken on the same micro-batch. Loss: the mean over every rank's pairs plus the mean over
+    every rank's thought tokens."""
+    device = M.device_of(policy)
+    per = 2 * max(1, cfg.micro_batch // 2)
+    n_pairs, n_tokens = M.all_reduce([len(pairs) // 2, sum(len(s.ids) for s in thoughts)])
+    plan = [(b, "dpo", n_pairs) for b in micro_batches(
+        [pairs[i:i + per] for i in range(0, len(pairs), per)], pad_id, device)]
+    plan += [(b, "nll", n_tokens) for b in micro_batches(
+        [thoughts[i:i + cfg.micro_batch] for i in range(0, len(thoughts), cfg.micro_batch)],
+        pad_id, device)]
+    totals = []
+    for b, mode, count in plan:
+        mode = "nll" if b.padding else mode  # a padding batch has no pair to compare
+        ref = logprobs_of(policy, b) if mode == "dpo" else None
 
-    Every rank runs exactly one reference pass and one training forward (FSDP forwards are
-    collectives), training a zero-coefficient dummy when it has nothing to learn from."""
-    everything = pairs + thoughts or [Sample("dummy", [pad_id], [pad_id], [0.0])]
-    prompts, completions = [s.prompt_ids for s in everything], [s.ids for s in everything]
-    ref = torch.cat(M.token_logprobs(policy, prompts, completions, pad_id))
-    packed = M.pack(prompts, completions, pad_id)
-    coef = torch.tensor([c for s in everything for c in s.coef])
-    n_pair = sum(len(s.ids) for s in pairs)
-
-    def head(hidden, weight):
-        total, stats = hidden.sum() * 0.0, None
-        if n_pair:
-            total, stats = R.fused_loss(hidden[:n_pair], weight, packed.targets[:n_pair],
-                                        coef[:n_pair], "dpo", ref_logp=ref[:n_pair],
-                                        seq_id=packed.seq_of_token[:n_pair], beta=cfg.dpo_beta)
-        if len(coef) > n_pair:
-            nll, nll_stats = R.fused_loss(hidden[n_pair:], weight, packed.targets[n_pair:],
-                                          coef[n_pair:], "nll",
-                                          mask=torch.ones(len(coef) - n_pair, dtype=torch.bool))
-            total, stats = total + nll, stats or nll_stats
-        return total, stats
-    loss, stats = M.run_head(policy, packed, head)
-    loss.backward()  # FSDP averages over ranks: the loss is each rank's mean
-    return finish_step(policy, optimizer, cfg,
-                       torch.tensor([loss.item() / world(), stats["entropy"].item() * len(coef),
-                                     len(coef)]))
+        def head(hidden, weight):
+            return R.fused_loss(hidden, weight, b.packed.targets, b.coef, mode, ref_logp=ref,
+                                seq_id=b.packed.seq_of_token, n_seq=len(b.packed.input_ids),
+                                beta=cfg.dpo_beta, mask=b.mask,
+                                normalizer=torch.tensor(max(count, 1.0), device=device))
+        loss, stats = M.run_head(policy, b.packed, head)
+        (loss * M.world()).backward()
+        totals.append(figures(loss, stats, b.mask))
+    return finish_step(policy, optimizer, cfg, torch.stack(totals).sum(0))
 
 
 # ----------------------------------------------------------------------------- the stage loop
@@ -592,19 +624,28 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
     --resume, logs one JSON line per step into `out/metrics.jsonl`."""
     rank, _, device = M.setup_distributed()
     os.makedirs(out, exist_ok=True)
-    policy, tok = M.load(model_dir, device=device)
+    checkpointing = cfg.checkpointing == "on" or (cfg.checkpointing == "auto" and
+                                                  device.type == "cuda")
     if dist.is_initialized():
-        M.shard(policy, activation_checkpointing=device.type == "cuda")
+        policy, tok = M.load_sharded(model_dir, device, checkpointing)
+    else:
+        policy, tok = M.load(model_dir, device=device)
+        if checkpointing:
+            M.enable_checkpointing(policy)
+    policy.train()  # from_pretrained returns eval mode, where checkpointing is skipped
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95),
                                   weight_decay=0.0)
     start_level = min(cfg.start_level, max(tasks.LEVELS))
     state = {"curriculum": {f: start_level for f in cfg.families.split(",")}, "history": {}}
     state_dir, start = os.path.join(out, "state"), 0
-    if cfg.resume and os.path.isdir(state_dir):
+    if cfg.resume:
+        if M.is_main():
+            M.recover_dir(state_dir)  # a crash between replace_dir's renames left state.old
+        M.barrier()
+        if not os.path.isdir(state_dir):
+            raise SystemExit(f"train.py: --resume but no checkpoint in {state_dir}")
         meta = M.load_state(policy, optimizer, state_dir)
         start, state = meta["step"], meta["state"]
-    elif cfg.resume:
-        raise SystemExit(f"train.py: --resume but no checkpoint in {state_dir}")
     metrics_path = os.path.join(out, "metrics.jsonl")
     samples_path = os.path.join(out, "samples.jsonl")
     if M.is_main():
@@ -612,7 +653,7 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
         truncate_log(samples_path, start)
         span = f"from step {start} for {deadline - time.time():.0f} s" if deadline else \
             f"steps {start}..{steps}"
-        print(f"[{stage}] {model_dir} -> {out}: {span}, ranks {world()}, "
+        print(f"[{stage}] {model_dir} -> {out}: {span}, ranks {M.world()}, "
               f"per-step batch: " + batch_figures(cfg, stage), flush=True)
     # a deadline run has no step count to show (tqdm reads len() of the range unless total=inf)
     bar = tqdm(range(start, steps), disable=not M.is_main(), desc=stage, dynamic_ncols=True,
@@ -625,6 +666,8 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
         metrics.update(stage=stage, step=step, lr=optimizer.param_groups[0]["lr"],
                        seconds=time.time() - began)
         metrics["tokens_per_s"] = metrics.get("tokens", 0) / metrics["seconds"]
+        if device.type == "cuda":
+            metrics["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         if M.is_main():
             append_json(metrics_path, metrics)
             if shown:
@@ -634,7 +677,7 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
         if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
             M.save_state(policy, optimizer, state_dir, {"step": step + 1, "state": state})
         # every rank must stop at the same step: the clock decides on rank 0's word (max)
-        if deadline is not None and all_reduce([time.time() > deadline], dist.ReduceOp.MAX)[0]:
+        if deadline is not None and M.all_reduce([time.time() > deadline], "max")[0]:
             M.save_state(policy, optimizer, state_dir, {"step": step + 1, "state": state})
             break
     M.save_hf(policy, tok, os.path.join(out, "model"))
@@ -711,6 +754,8 @@ def stage_steps(cfg, default):
 
 
 def run(cfg):
+    if cfg.stage == "merge":
+        return merge_stage(cfg)
     rank, world_size, device = M.setup_distributed()
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world_size))
     torch.manual_seed(cfg.seed)
@@ -726,19 +771,25 @@ def run(cfg):
     if cfg.stage == "refine":
         return run_stage(cfg, "refine", base_model(cfg), cfg.out,
                          stage_steps(cfg, cfg.refine_steps), refine_step, cfg.rl_lr)
-    if cfg.stage == "merge":
-        parent = os.path.dirname(os.path.abspath(cfg.out))
-        models = (cfg.merge_models.split(",") if cfg.merge_models else
-                  [os.path.join(parent, f"align_{a}", "model") for a in tasks.FAMILIES[:3]])
-        if M.is_main():
-            merging.merge(base_model(cfg), models, [1.0 / len(models)] * len(models),
-                          cfg.merge_method, density=cfg.merge_density, seed=cfg.seed,
-                          out=os.path.join(cfg.out, "model"))
-        M.barrier()
-        return os.path.join(cfg.out, "model")
     if cfg.stage == "compare":
         return compare(cfg)
     return run_all(cfg)
+
+
+def merge_stage(cfg):
+    """The aligned models merged by merge.py. One process's work, so under torchrun it starts no
+    process group: rank 0 merges and the other ranks end at once, rather than waiting in a
+    collective that would time out (NCCL's watchdog) while three 8B checkpoints are merged."""
+    out = os.path.join(cfg.out, "model")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return out
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    parent = os.path.dirname(os.path.abspath(cfg.out))
+    models = (cfg.merge_models.split(",") if cfg.merge_models else
+              [os.path.join(parent, f"align_{a}", "model") for a in tasks.FAMILIES[:3]])
+    merging.merge(base_model(cfg), models, [1.0 / len(models)] * len(models), cfg.merge_method,
+                  density=cfg.merge_density, seed=cfg.seed, out=out)
+    return out
 
 
 def only_main_goes_on():

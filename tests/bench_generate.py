@@ -51,12 +51,12 @@ def main():
     counts = {}
 
     def ours():
-        out = M.generate(policy, prompts, args.new_tokens, tok.eos_token_id, tok.pad_token_id,
+        out = M.generate(policy, prompts, args.new_tokens, [tok.eos_token_id], tok.pad_token_id,
                          temperature=1.0, generator=torch.Generator().manual_seed(0))
         counts["ours"] = int(out.lengths.sum())
 
     def ours_hf_forward():
-        out = M.generate(policy, prompts, args.new_tokens, tok.eos_token_id, tok.pad_token_id,
+        out = M.generate(policy, prompts, args.new_tokens, [tok.eos_token_id], tok.pad_token_id,
                          temperature=1.0, generator=torch.Generator().manual_seed(0), lean=False)
         counts["ours via hf forward"] = int(out.lengths.sum())
 

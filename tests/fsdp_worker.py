@@ -1,7 +1,8 @@
 """Worker for test_model.py's FSDP2 test: one optimizer step on a fixed global batch.
 
-Run alone (world 1, no sharding) or under `torchrun --nproc_per_node=2` (FSDP2 over gloo); both
-write what they ended with into OUT_DIR so the test can compare them.
+Run alone (world 1: model.load, no sharding) or under `torchrun --nproc_per_node=2` (FSDP2 over
+gloo, loaded by model.load_sharded: rank 0 reads the checkpoint, the others receive their
+shards); both write what they ended with into OUT_DIR so the test can compare them.
 Usage: python tests/fsdp_worker.py OUT_DIR
    or: torchrun --nproc_per_node=2 tests/fsdp_worker.py OUT_DIR
 """
@@ -16,11 +17,13 @@ import model as M
 out_dir = sys.argv[1]
 rank, world, device = M.setup_distributed()
 init_dir = os.path.join(out_dir, "init")
-if rank == 0 and not os.path.exists(init_dir):
+if rank == 0 and not os.path.exists(init_dir):  # a bf16 checkpoint, trained in fp32
     M.build_tiny(init_dir, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                  intermediate_size=128, seed=3)
+    whole, _ = M.load(init_dir, dtype=torch.bfloat16)
+    M.save_pretrained_atomic(whole.lm, M.load_tokenizer(init_dir), init_dir)
 M.barrier()
-policy, tok = M.load(init_dir)
+policy, tok = M.load(init_dir) if world == 1 else M.load_sharded(init_dir, device)
 if world == 1:
     torch.save({k: v.clone() for k, v in policy.lm.state_dict().items()},
                os.path.join(out_dir, "params_init.pt"))
@@ -32,12 +35,10 @@ pairs = [(torch.randint(4, 100, (3 + i,), generator=gen).tolist(),
 global_tokens = sum(len(c) for _, c in pairs)
 mine = pairs[rank::world]
 
-if world > 1:
-    M.shard(policy)
 # SGD, not Adam: Adam's first step is about lr * sign(g), which turns float noise in near-zero
 # gradient entries into lr-sized differences; SGD shows any gradient difference as it is.
 opt = torch.optim.SGD(policy.parameters(), lr=1.0, momentum=0.9)
-packed = M.pack([p for p, _ in mine], [c for _, c in mine], tok.pad_token_id)
+packed = M.pack([p for p, _ in mine], [c for _, c in mine], tok.pad_token_id, device)
 
 
 def summed_nll(hidden, weight):
@@ -52,7 +53,7 @@ opt.zero_grad()
 
 prompts = M.encode(tok, ["<s>abc", "<s>a longer one", "<s>z"])
 with M.gathered_for_rollout(policy):
-    rollout = M.generate(policy, prompts, 12, tok.eos_token_id, tok.pad_token_id, temperature=0)
+    rollout = M.generate(policy, prompts, 12, [tok.eos_token_id], tok.pad_token_id, temperature=0)
 
 state_dir = os.path.join(out_dir, f"state_world{world}")
 M.save_state(policy, opt, state_dir, {"step": 1})

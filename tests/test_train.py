@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import model as M
+import refine as R
 import roles
 import tasks
 import train
@@ -67,21 +68,60 @@ def test_alive_both_rewards(tiny, tmp_path, reward):
     assert all(0.0 <= x["clip_frac"] <= 1.0 for x in log)
 
 
-def test_clip_fraction_counts_tokens_outside_the_trust_region(tiny):
-    policy, tok = M.load(tiny)
-    cfg = train.parse_args([])
-    prompts, completions = [[1, 5, 6], [1, 7]], [[8, 9, 10], [11, 12]]
-    current = [x.tolist() for x in M.token_logprobs(policy, prompts, completions, tok.pad_token_id)]
-    frozen = torch.optim.SGD(policy.parameters(), lr=0.0)
+def rl_samples_of(prompts, completions, advantages):
+    return [train.Sample("solve", p, c, [a] * len(c))
+            for p, c, a in zip(prompts, completions, advantages)]
 
-    def clip_frac(old_logp, advantage):
-        samples = [train.Sample("solve", p, c, [advantage] * len(c), old)
-                   for p, c, old in zip(prompts, completions, old_logp)]
-        return train.train_on(policy, frozen, samples, cfg, tok.pad_token_id, "pg")["clip_frac"]
-    assert clip_frac(current, 1.0) == 0.0  # ratio 1: nothing clipped
-    far_below = [[x - 1.0 for x in row] for row in current]  # ratio e > 1 + clip_eps
-    assert clip_frac(far_below, 1.0) == 1.0  # positive advantage: all clipped
-    assert clip_frac(far_below, -1.0) == 0.0  # negative advantage: the min keeps the gradient
+
+PROMPTS, COMPLETIONS = [[1, 5, 6], [1, 7], [1, 9, 9, 9]], [[8, 9, 10], [11, 12], [13, 14]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ratio_is_exactly_one_until_the_weights_move(tiny, dtype):
+    """pi_old is taken by the loss's own arithmetic on the same micro-batches, so with frozen
+    weights every epoch's ratio is 1: with a clip range of 1e-3 nothing is clipped, in bf16 too.
+    The bf16 logits of the plain forward (what a sampler reads) are not that close: as pi_old
+    they put tokens outside the same clip range."""
+    policy, tok = M.load(tiny, dtype=dtype)
+    cfg = train.parse_args(["--clip_eps=1e-3", "--micro_batch=2"])
+    samples = rl_samples_of(PROMPTS, COMPLETIONS, [1.0, -1.0, 1.0])
+    frozen = torch.optim.SGD(policy.parameters(), lr=0.0)
+    metrics = train.train_on(policy, frozen, samples, cfg, tok.pad_token_id, "pg", epochs=3)
+    assert metrics["clip_frac"] == 0.0 and metrics["tokens"] == 7
+    if dtype == torch.bfloat16:
+        packed = M.pack(PROMPTS, COMPLETIONS, tok.pad_token_id, "cpu")
+        with torch.no_grad():
+            logits = policy.lm(input_ids=packed.input_ids).logits  # bf16
+            sampler = torch.log_softmax(logits[packed.rows, packed.cols], -1).float().gather(
+                -1, packed.targets[:, None]).squeeze(-1)
+            _, stats = M.run_head(policy, packed, lambda h, w: R.fused_loss(
+                h, w, packed.targets, torch.ones(7), "pg", old_logp=sampler, clip_eps=1e-3))
+        assert stats["clip_frac"] > 0
+
+
+def test_clip_fraction_counts_tokens_outside_the_trust_region(tiny):
+    """The second epoch's clipped fraction is that of the tokens whose ratio after the first step,
+    exp(log pi_1 - log pi_0) recomputed here, left the clip range on its advantage's side (above
+    1 + eps for a positive advantage, below 1 - eps for a negative one)."""
+    cfg = train.parse_args(["--grad_clip=100"])
+    advantages = [1.0, -1.0, 1.0]
+    samples = rl_samples_of(PROMPTS, COMPLETIONS, advantages)
+    packed = M.pack(PROMPTS, COMPLETIONS, 0, "cpu")
+    coef = torch.tensor([a for a, c in zip(advantages, COMPLETIONS) for _ in c])
+
+    def logp(policy):
+        return M.run_head(policy, packed, lambda h, w: R.token_logprobs(h, w, packed.targets))
+    policy, tok = M.load(tiny)
+    before = logp(policy)
+    one = train.train_on(policy, torch.optim.SGD(policy.parameters(), lr=3.0), samples, cfg,
+                         tok.pad_token_id, "pg", epochs=1)
+    ratio = torch.exp(logp(policy) - before)
+    expected = (((coef > 0) & (ratio > 1 + cfg.clip_eps)) | ((coef < 0) & (ratio < 1 - cfg.clip_eps)))
+    policy, tok = M.load(tiny)
+    two = train.train_on(policy, torch.optim.SGD(policy.parameters(), lr=3.0), samples, cfg,
+                         tok.pad_token_id, "pg", epochs=2)
+    assert one["clip_frac"] == 0.0 and 0 < expected.sum() < len(coef)
+    assert two["clip_frac"] == pytest.approx(expected.double().mean().item())
 
 
 def scripted_roles(tok, known_tasks=None):
@@ -118,7 +158,7 @@ def scripted_roles(tok, known_tasks=None):
         for p in prompts:
             text = text_for(p)
             ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            out.append(M.Completion([tok.bos_token_id], ids, [0.0] * len(ids), text, True))
+            out.append(M.Completion([tok.bos_token_id], ids, text, True))
         return out
     return sample_texts
 
@@ -232,6 +272,7 @@ def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(tiny, tmp_path)
     time.sleep(0.7)  # let it get somewhere in the middle of later steps or saves
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    M.recover_dir(os.path.join(out, "state"))  # killed between replace_dir's two renames?
     with open(meta) as f:
         saved = json.load(f)["step"]
     assert 1 <= saved < 400
@@ -264,13 +305,15 @@ def test_bad_corpus_file_names_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("stage, args, run_dir", [
-    ("alive", ["--steps=2"], ""),
+    ("alive", ["--steps=2", "--checkpointing=on"], ""),
     ("refine", ["--steps=2"], ""),
     ("all", ["--warmup_steps=2", "--rl_steps=2"], "alive"),  # ranks leave, rank 0 evaluates
 ])
 def test_torchrun_two_ranks(tiny, tmp_path, stage, args, run_dir):
     """Ranks may sample different numbers of valid posings, revisions and refinement rounds; the
-    run must still make the same collective calls on both and finish."""
+    run must still make the same collective calls on both and finish. The alive run (FSDP2 with
+    activation checkpointing) then resumes in one process: the sharded checkpoint reshards to
+    another world size (the per-rank RNG streams are not restored there)."""
     out = str(tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
@@ -283,6 +326,9 @@ def test_torchrun_two_ranks(tiny, tmp_path, stage, args, run_dir):
     assert all(torch.isfinite(p).all() for p in policy.parameters())
     if stage == "all":
         assert "| metric | warmup | alive |" in open(os.path.join(out, "report.md")).read()
+    if stage == "alive":
+        run("--stage=alive", f"--model={tiny}", f"--out={out}", "--steps=3", "--resume")
+        assert [x["step"] for x in lines(os.path.join(out, "metrics.jsonl"))] == [0, 1, 2]
 
 
 def test_all_and_compare_write_their_tables(tiny, tmp_path):
