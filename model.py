@@ -31,6 +31,7 @@ Run `python model.py --out=DIR` to build the tiny default model into DIR (`--hid
 import argparse
 import contextlib
 import copy
+import datetime
 import inspect
 import json
 import os
@@ -134,7 +135,7 @@ def load_sharded(path, device, activation_checkpointing=False):
     tensor into the shards. Buffers outside the state dict (rotary frequencies) come from rank 0's
     copy too, since the meta device left them unset."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
     config = read_config(path)
     with torch.device("meta"):  # from_config sets the config's dtype to fp32: give it a copy
         lm = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=torch.float32)
@@ -146,6 +147,9 @@ def load_sharded(path, device, activation_checkpointing=False):
         full, buffers = whole.state_dict(), dict(whole.named_buffers())
     set_model_state_dict(lm, full, options=StateDictOptions(full_state_dict=True,
                                                             broadcast_from_rank0=True))
+    if os.path.isfile(os.path.join(path, "generation_config.json")):  # from_config skips it,
+        lm.generation_config = GenerationConfig.from_pretrained(  # and its list of eos ids
+            path, local_files_only=True)
     with torch.no_grad():
         for name, buffer in lm.named_buffers():
             if is_main():
@@ -243,9 +247,12 @@ def pick_tokens(logits, temperature, top_p, uniform):
         # drop a token when the mass strictly before it already reaches top_p
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
     cdf = probs.cumsum(-1)
-    # 1 - u lies in (0, 1], so the threshold is above 0 and a zero-probability token never wins
+    # 1 - u lies in (0, 1], so the threshold is above 0 and a zero-probability token never wins;
+    # the clamp to the last token of positive probability keeps it so when a parallel cumsum
+    # rounds the flat tail of the cdf a little differently
     threshold = (1 - uniform.to(cdf.device))[:, None] * cdf[:, -1:]
-    picked = (cdf < threshold).sum(-1).clamp(max=cdf.shape[-1] - 1)
+    last = (probs > 0).sum(-1) - 1 if order is not None else cdf.shape[-1] - 1
+    picked = torch.minimum((cdf < threshold).sum(-1), torch.as_tensor(last, device=cdf.device))
     return picked if order is None else order.gather(-1, picked[:, None]).squeeze(-1)
 
 
@@ -494,7 +501,10 @@ def setup_distributed():
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        # rank 0 alone reads and writes whole checkpoints while the others wait in a
+        # collective: give that longer than NCCL's default 10 minutes
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local),
+                                timeout=datetime.timedelta(minutes=60))
         return rank, world, torch.device("cuda", local)
     dist.init_process_group("gloo")
     return rank, world, torch.device("cpu")
@@ -666,7 +676,8 @@ def save_hf(policy, tokenizer, path):
     full, seen = {}, {}
     for name, tensor in policy.lm.state_dict(keep_vars=True).items():
         if id(tensor) not in seen:  # tied weights: one gather, one shared tensor in the export
-            whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            with torch.no_grad():
+                whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
             dtype = policy.save_dtype if whole.is_floating_point() else whole.dtype
             seen[id(tensor)] = whole.detach().to("cpu", dtype) if is_main() else None
         full[name] = seen[id(tensor)]

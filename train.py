@@ -51,6 +51,7 @@ Simplifications, stated plainly:
     uninterrupted one exactly on CPU.
 """
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -599,16 +600,18 @@ def dpo_update(policy, optimizer, pairs, thoughts, cfg, pad_id):
     plan += [(b, "nll", n_tokens) for b in micro_batches(
         [thoughts[i:i + cfg.micro_batch] for i in range(0, len(thoughts), cfg.micro_batch)],
         pad_id, device)]
+    normalizers = {mode: torch.tensor(max(count, 1.0), device=device) for _, mode, count in plan}
     totals = []
-    for b, mode, count in plan:
-        mode = "nll" if b.padding else mode  # a padding batch has no pair to compare
+    for b, mode, _ in plan:
+        # every DPO batch takes its reference forward, padding ones too: each forward is a
+        # collective under FSDP, so every rank must run as many
         ref = logprobs_of(policy, b) if mode == "dpo" else None
+        mode = "nll" if b.padding else mode  # a padding batch has no pair to compare
 
         def head(hidden, weight):
             return R.fused_loss(hidden, weight, b.packed.targets, b.coef, mode, ref_logp=ref,
                                 seq_id=b.packed.seq_of_token, n_seq=len(b.packed.input_ids),
-                                beta=cfg.dpo_beta, mask=b.mask,
-                                normalizer=torch.tensor(max(count, 1.0), device=device))
+                                beta=cfg.dpo_beta, mask=b.mask, normalizer=normalizers[mode])
         loss, stats = M.run_head(policy, b.packed, head)
         (loss * M.world()).backward()
         totals.append(figures(loss, stats, b.mask))
@@ -681,6 +684,10 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
             M.save_state(policy, optimizer, state_dir, {"step": step + 1, "state": state})
             break
     M.save_hf(policy, tok, os.path.join(out, "model"))
+    del policy, optimizer
+    gc.collect()  # FSDP2 modules sit in reference cycles: free this stage's memory for the next
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return os.path.join(out, "model")
 
 

@@ -173,6 +173,39 @@ def test_merge_runs_outside_any_process_group(tiny, tmp_path, monkeypatch):
     assert os.path.isfile(tmp_path / "merged" / "model" / "model.safetensors")
 
 
+def forwards_when_peers_have_more(monkeypatch, tiny, step):
+    """Forward passes of the policy in `step(policy, tok)` when another rank has 3 micro-batches
+    of everything: M.all_reduce answers every "max" with 3, as that rank would make it."""
+    monkeypatch.setattr(M, "all_reduce", lambda values, op="sum": [
+        max(float(v), 3.0) if op == "max" else float(v) for v in values])
+    policy, tok = M.load(tiny)
+    calls = []
+    policy.register_forward_pre_hook(lambda *_: calls.append(1))
+    step(policy, tok)
+    return len(calls)
+
+
+def test_every_rank_runs_as_many_forwards_whatever_its_data(tiny, monkeypatch):
+    """Each FSDP forward is a collective: a rank with nothing to learn must still run exactly
+    the forwards of a rank with data (reference passes included), or the ranks deadlock."""
+    cfg = train.parse_args(["--micro_batch=2", "--ppo_epochs=2"])
+    sgd = lambda policy: torch.optim.SGD(policy.parameters(), lr=0.0)  # noqa: E731
+
+    def rl(samples):
+        return lambda policy, tok: train.train_on(policy, sgd(policy), samples, cfg,
+                                                  tok.pad_token_id, "pg", epochs=2)
+
+    def dpo(with_data):
+        def step(policy, tok):
+            pairs, thoughts = dpo_samples(tok) if with_data else ([], [])
+            train.dpo_update(policy, sgd(policy), pairs[:4], thoughts, cfg, tok.pad_token_id)
+        return step
+    for busy, idle in ((rl(samples_of([(3, 2), (1, 4), (2, 2)])), rl([])),
+                       (dpo(True), dpo(False))):
+        assert forwards_when_peers_have_more(monkeypatch, tiny, busy) == \
+            forwards_when_peers_have_more(monkeypatch, tiny, idle)
+
+
 # ----------------------------------------------------------------------------- architectures
 
 CONFIGS = {  # tiny random configs; the scales differ from 1 so that folding them in matters
