@@ -30,10 +30,10 @@ overall, per family, per level and per family x level ("cell", keys "family/leve
                      x = 1 if parse_verdict equals the truth (no verdict counts as 0).
                      `on_correct` / `on_incorrect`: the mean within each class, so a judge that
                      always says "correct" scores 1.0 / 0.0 and agreement 0.5. The incorrect
-                     ones split into `on_wrong_answer` (the slip is in the Answer line: the
-                     reference answer gives it away) and `on_wrong_step` (an earlier step:
-                     the answer is still right); `names_the_step` = share of them whose
-                     critique points (parse_pointer) at the slipped step.
+                     ones split into `on_wrong_answer` (the slip is a miscopied Answer line)
+                     and `on_wrong_step` (an earlier step, the slip carried on to the
+                     answer); `names_the_step` = share of them whose critique points
+                     (parse_pointer) at the slipped step.
   self-correction    on n_judge items: s = the greedy solution, then the model judges s (judge
                      prompt with the reference answer, as in training); unless its verdict is
                      "correct" it revises s given its own critique, and the final answer is the
@@ -224,8 +224,7 @@ def judge_metrics(generate_fn, items, seed):
     verdicts = [roles.parse_verdict(x) for x in texts]
     agree = [float(v is not None and v == truth) for v, (_, _, truth, _) in zip(verdicts, cases)]
     keys = [(t.family, t.level) for t, _, _, _ in cases]
-    # A slip in the Answer line can be caught by comparing it with the reference answer; a slip
-    # in an earlier step leaves the answer right and must be caught by checking the step itself.
+    # Where the slip is: the Answer line itself, or an earlier step whose error carried on.
     slips = [(a, step == len(s.split("\n")), roles.parse_pointer(x) == step)
              for a, (_, s, truth, step), x in zip(agree, cases, texts) if not truth]
     return {"agreement": breakdown(agree, keys),
@@ -269,7 +268,8 @@ def pose_metrics(generate_fn, families, levels, n_pose, seed, temperature):
     asks = []  # (family, level, document)
     for i in range(n_pose):
         family, level = cells[i % len(cells)]
-        asks.append((family, level, tasks.document(rng, level) if family == "corpus" else None))
+        asks.append((family, level, tasks.document(rng, level, "eval") if family == "corpus"
+                     else None))
     texts = generate_fn([roles.pose_prompt(f, lv, doc) for f, lv, doc in asks], temperature)
     results = []
     for (family, level, doc), text in zip(asks, texts):

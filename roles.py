@@ -3,11 +3,11 @@ r"""The four roles of one model: pose, solve, judge, revise.
 One set of weights plays every role; the prompt alone says which. This file
 writes those prompts and reads back what the model wrote. It is pure Python.
 
-Prompt formats (plain and short, sized for a character-level model; every
-prompt ends exactly where the model's output begins, on its role's marker):
+Prompt formats (plain and short, sized for a tiny model; every prompt ends
+exactly where the model's output begins, on its role's marker):
 
-    pose    "#pose deduction 2\n"                                -> a new problem
-            "#doc\n<document>\n#pose corpus 2\n"                 -> a span to mask
+    pose    "#pose induction 2\n"              -> a parameter line (tasks.py)
+            "#doc\n<document>\n#pose corpus 2\n" -> which number to mask
     solve   "#problem\n<problem>\n#solve\n"                      -> a solution
     judge   "#problem\n<problem>\n#reference\n<answer>\n#solution\n<solution>\n#judge\n"
                                                                  -> a critique
@@ -17,8 +17,9 @@ prompt ends exactly where the model's output begins, on its role's marker):
 Output formats:
 
     solution   one step per line, then `Answer: <answer>` (itself the last step)
-    critique   a few words naming the first wrong step as `Step k`, then ONE final
-               line `Verdict: correct` or `Verdict: incorrect`
+    critique   the two answers side by side, the first wrong step as `Step k` when
+               there is one, then ONE final line `Verdict: correct` or
+               `Verdict: incorrect`
 
 A line is a "marker line" when it starts with `#` plus one of the section names
 above. Every text inserted into a prompt goes through `escape` first: any line
@@ -69,11 +70,13 @@ _HASHES = ("#", "\ufe5f", "\uff03")  # every character whose NFKD form holds a `
 # line saying the format before the prompt. The tiny model learns the markers instead,
 # and every character costs it compute, so hints are off by default.
 HINTS = {
-    "pose": "Write one new problem of the family and level named after #pose (after a #doc: "
-            "copy one short span of the document to be masked). Write nothing else.",
+    "pose": "Write the parameter line of a new problem of the family named after #pose, e.g. "
+            "'start 4 add 3' (induction), 'start 1 rules -> ^' (deduction), 'causes 3' "
+            "(abduction), 'mask 2' (corpus: which number of the document). Nothing else.",
     "solve": "Solve the problem: one short step per line, then a last line 'Answer: <answer>'.",
-    "judge": "Check the solution against the reference answer. Name the first wrong step as "
-             "'Step k', then end with one line 'Verdict: correct' or 'Verdict: incorrect'.",
+    "judge": "Write 'Got <the solution's answer>, want <the reference answer>.', then if they "
+             "differ name the first wrong step as 'Step k is wrong: ...', then end with one line "
+             "'Verdict: correct' or 'Verdict: incorrect'.",
     "revise": "Using the critique, write a corrected solution: one short step per line, then a "
               "last line 'Answer: <answer>'.",
 }

@@ -71,11 +71,7 @@ def double(known, solve="right", judge="critic", revise="right", pose="valid", c
         if pose != "valid":
             return "  "  # nothing a parser can read
         doc = s.get("doc")
-        if doc is None:
-            text = tasks.pose_text(tasks.sample(family, int(level), rng))
-        else:  # the first word or number of the document that is a valid span
-            text = next(w for w in re.findall(r"\w+", doc)
-                        if isinstance(tasks.validate("corpus", w, int(level), doc), tasks.Task))
+        text = "mask 1" if doc else tasks.pose_text(tasks.sample(family, int(level), rng))
         task = tasks.validate(family, text, int(level), document=doc)
         known[task.prompt] = task
         return text
@@ -151,8 +147,9 @@ def test_always_correct_judge_agrees_half():
 
 
 def test_judge_slips_split_by_where_they_are():
-    """A judge that only compares the Answer line with the reference catches every slip in
-    the answer and none in an earlier step; the critic catches and names both."""
+    """Every slip carries to the answer, so a judge that only compares the Answer line with
+    the reference catches slips in the Answer line and in earlier steps alike, but names no
+    step; the critic catches and names both."""
     def answer_only(prompts, temperature):
         out = []
         for p in prompts:
@@ -167,9 +164,9 @@ def test_judge_slips_split_by_where_they_are():
     assert 0 < in_answer < len(judged)  # both kinds occur in this sample
     naive = ev.judge_metrics(answer_only, judged, seed=5)
     assert naive["on_wrong_answer"] == {"mean": 1.0, "se": 0.0, "n": in_answer}
-    assert naive["on_wrong_step"] == {"mean": 0.0, "se": 0.0, "n": len(judged) - in_answer}
+    assert naive["on_wrong_step"] == {"mean": 1.0, "se": 0.0, "n": len(judged) - in_answer}
     assert naive["names_the_step"]["mean"] == 0.0 and naive["on_correct"]["mean"] == 1.0
-    assert naive["on_incorrect"]["mean"] == pytest.approx(in_answer / len(judged), abs=1e-6)
+    assert naive["on_incorrect"]["mean"] == 1.0
 
     critic = ev.judge_metrics(double({t.prompt: t for t in judged}), judged, seed=5)
     for key in ("on_correct", "on_wrong_answer", "on_wrong_step", "names_the_step"):
