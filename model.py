@@ -1,10 +1,10 @@
 """The policy: one causal language model that plays every role.
 
 What lives here, top to bottom:
-  1. the tiny default: a character-level tokenizer built with `tokenizers` and a 2-layer Llama
-     model of 0.44M parameters, saved in Hugging Face format and loaded back through `load`,
-     the same path a local 8B checkpoint takes (`local_files_only=True`: nothing is ever
-     downloaded);
+  1. the tiny default: a BPE tokenizer trained with `tokenizers` on the texts it will read
+     (words whole, numbers in digits) and a small Llama, saved in Hugging Face format and loaded back
+     through `load`, the same path a local 8B checkpoint takes (`local_files_only=True`:
+     nothing is ever downloaded);
   2. loading: one process (`load`) or FSDP2 ranks (`load_sharded`: rank 0 reads, the others
      receive their shards), for the architectures whose logits we reproduce (`SUPPORTED`);
      `Policy`, a thin module around the Hugging Face model whose forward runs any "head" (a
@@ -25,14 +25,13 @@ top_p (nucleus); T = 0 means argmax. The draw inverts the cumulative distributio
 number u: token = the first one whose cumulative probability reaches u. The uniforms come from a
 CPU generator, so a seed gives the same completions on any device.
 
-Run `python model.py --out=DIR` to build the tiny default model into DIR (`--hidden_size=192
---num_layers=4 ...` for another size).
+The tiny default is built by train.py (its tokenizer is trained on the task world's texts):
+`python train.py` builds it into runs/tiny/init; `--tiny_layers=4 --tiny_hidden=256 ...`
+build another size. Run the tests with `python -m pytest -q tests/test_model.py`.
 """
-import argparse
 import contextlib
 import copy
 import datetime
-import inspect
 import json
 import os
 import random
@@ -45,6 +44,9 @@ import torch.nn.functional as F
 
 TINY_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]  # printable ASCII and newline
 TINY_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+# Pieces a token never crosses: a word of two or more letters with its leading space, a single
+# letter, a digit, an arrow, one other sign, a newline, a space.
+TINY_PIECES = r" ?[A-Za-z]{2,}|[A-Za-z]|\d|<->|->|[^\sA-Za-z\d]|\n|\s"
 # The tiny chat template is the identity plus bos: roles.py renders through the chat template of
 # any model, and for the tiny one that must leave its plain-text role markers untouched.
 TINY_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -52,30 +54,35 @@ TINY_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{%
 
 # ----------------------------------------------------------------------------- the tiny default
 
-def build_tiny_tokenizer():
-    """Character-level fast tokenizer: one id per printable ASCII char, plus pad/bos/eos/unk."""
-    from tokenizers import Tokenizer, decoders, models
+def build_tiny_tokenizer(texts=(), vocab_size=1024):
+    """A BPE tokenizer over printable ASCII whose merges are learned from `texts` (none: one
+    token per character), plus pad/bos/eos/unk.
+
+    Merges never cross a piece (TINY_PIECES), so the frequent words of the texts become single
+    tokens (short sequences: more examples a minute) while numbers are spelled in digits, as
+    Llama-2's tokenizer does. Measured (tests/bench_judge.py, README): with whole-number tokens
+    the judge's comparison of two answers was learned in 1 run of 5, with digits in every
+    run, since equality over ten symbols is learned far sooner than over a hundred. Any ASCII
+    text still encodes, character by character."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-    vocab = {tok: i for i, tok in enumerate(TINY_SPECIALS + TINY_CHARS)}
-    # BPE with no merges splits every text into single characters; Fuse joins them back.
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(TINY_PIECES), behavior="isolated")
     core.decoder = decoders.Fuse()
-    core.add_special_tokens(TINY_SPECIALS)
+    core.train_from_iterator(list(texts), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=TINY_SPECIALS, initial_alphabet=TINY_CHARS,
+        show_progress=False))
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
                                   pad_token="<pad>", unk_token="<unk>")
     tok.chat_template = TINY_CHAT_TEMPLATE
     return tok
 
 
-def build_tiny(path, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
+def build_tiny(path, texts=(), hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
                intermediate_size=384, max_positions=1024, seed=0):
-    """Build the tiny Llama default (0.44M parameters) and save it to `path` in HF format.
-
-    Small on purpose: on a CPU core it takes three optimizer steps in the time a 1.59M model
-    (hidden 192, 4 layers) takes one, and in a ten-minute warm-up that buys more than the
-    width (README, "What we tried on the warm-up")."""
+    """Build a tiny Llama with a tokenizer trained on `texts`, saved to `path` in HF format."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    tok = build_tiny_tokenizer()
+    tok = build_tiny_tokenizer(texts)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads,
@@ -741,13 +748,3 @@ def load_state(policy, optimizer, path):
         rank = dist.get_rank() if dist.is_initialized() else 0
         set_rng_state(torch.load(os.path.join(path, f"rng_{rank}.pt"), weights_only=False))
     return meta
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Build the tiny default model (or another size).")
-    parser.add_argument("--out", default="runs/tiny/init", help="directory to write")
-    sizes = inspect.signature(build_tiny).parameters
-    for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
-        parser.add_argument(f"--{name}", type=int, default=sizes[name].default)
-    args = vars(parser.parse_args())
-    print("built", build_tiny(args.pop("out"), **args))

@@ -77,7 +77,10 @@ STAGES = ("warmup", "alive", "align", "merge", "domain", "refine", "all", "compa
 @dataclass
 class Config:
     stage: str = "all"          # one of STAGES
-    model: str = ""             # input model directory; "" builds the tiny default
+    model: str = ""             # input model directory; "" builds the tiny default:
+    tiny_layers: int = 2        #   its decoder layers,
+    tiny_hidden: int = 128      #   hidden size (the MLP is 3x wider)
+    tiny_heads: int = 4         #   and attention heads
     out: str = "runs/tiny"      # run directory of this stage (or of the whole pipeline)
     steps: int = 0              # optimizer steps of the stage; 0 = that stage's default below
     warmup_steps: int = 1000    # default steps of warmup
@@ -94,6 +97,7 @@ class Config:
     rl_lr: float = 1e-4         # learning rate of RL stages (5e-4 collapsed the tiny model)
     lr_warmup: int = 10         # linear learning-rate warm-up steps
     grad_clip: float = 1.0      # max global grad norm
+    weight_decay: float = 0.0   # AdamW's decoupled weight decay
     batch: int = 32             # warmup: demonstrations per step (per rank: batch / world)
     seeds: int = 8              # alive: seeds (problem families x levels) per step, all ranks
     posings: int = 2            # alive: M posings per seed
@@ -294,32 +298,49 @@ def demonstration(rng, tok, cfg, levels, mix):
     """One NLL example of a random role on a task of one of `levels` (1-2 by default; corpus text
     for language modelling), the role drawn with the weights `mix`."""
     family, level = rng.choice(cfg.families.split(",")), rng.choice(levels)
-    task = tasks.sample(family, level, rng, "train")
     kind = rng.choices(DEMO_KINDS, mix)[0]
+    if kind == "text":
+        return nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)
+    return nll_sample(tok, kind, *demonstration_text(rng, family, level, kind), cfg)
+
+
+def demonstration_text(rng, family, level, kind):
+    """(prompt, completion) of one demonstration of `kind` (a role) on a fresh train task."""
+    task = tasks.sample(family, level, rng, "train")
     if kind == "solve":
-        return nll_sample(tok, kind, roles.solve_prompt(task.prompt), tasks.solve(task), cfg)
+        return roles.solve_prompt(task.prompt), tasks.solve(task)
     if kind == "judge":
         solution = tasks.solve(task) if rng.random() < 0.5 else tasks.corrupt(task, rng)[0]
-        return nll_sample(tok, kind, roles.judge_prompt(task.prompt, task.answer, solution),
-                          tasks.critique(task, solution), cfg)
+        return (roles.judge_prompt(task.prompt, task.answer, solution),
+                tasks.critique(task, solution))
     if kind == "revise":
         wrong = tasks.corrupt(task, rng)[0]
-        return nll_sample(tok, kind, roles.revise_prompt(task.prompt, wrong,
-                                                         tasks.critique(task, wrong)),
-                          tasks.solve(task), cfg)
-    if kind == "pose":
-        document = task.data[0] if family == "corpus" else None
-        return nll_sample(tok, kind, roles.pose_prompt(family, level, document),
-                          tasks.pose_text(task), cfg)
-    return nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)
+        return (roles.revise_prompt(task.prompt, wrong, tasks.critique(task, wrong)),
+                tasks.solve(task))
+    document = task.canonical if family == "corpus" else None
+    return roles.pose_prompt(family, level, document), tasks.pose_text(task)
 
 
-def raw_document(rng, cfg, level=None):
-    """A document of the raw corpus: --corpus when given, else the generated one (any level:
-    the raw corpus may be broader than the demonstrations)."""
+def world_texts(seed, per_cell=60):
+    """Texts of every role, family and level, and raw documents: what the tiny tokenizer is
+    trained on (levels the demonstrations never show included: the vocabulary is not a
+    lesson)."""
+    rng = random.Random(f"tokenizer/{seed}")
+    texts = [tasks.document(rng, level) for level in tasks.LEVELS for _ in range(per_cell)]
+    for family in tasks.FAMILIES:
+        for level in tasks.LEVELS:
+            for kind in DEMO_KINDS[:4]:
+                texts += ["".join(demonstration_text(rng, family, level, kind))
+                          for _ in range(per_cell)]
+    return texts
+
+
+def raw_document(rng, cfg):
+    """A document for language modelling: from --corpus when given, else a story of the corpus
+    family at any level (the raw corpus may be broader than the demonstrations)."""
     if cfg.corpus:
         return rng.choice(CORPUS[cfg.corpus])
-    return tasks.document(rng, level or rng.choice(tasks.LEVELS))
+    return tasks.document(rng, rng.choice(tasks.LEVELS))
 
 
 CORPUS = {}  # path -> documents, read once per process
@@ -413,7 +434,7 @@ def scalar_rollouts(policy, tok, cfg, plan, rng, gen):
 def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     """Pose -> validate -> solve -> judge -> revise, then rewards, advantages and credit."""
     # 1. pose: M posings per seed; the environment decides validity and computes the answer
-    docs = [raw_document(rng, cfg, lvl) if f == "corpus" else None for f, lvl in plan]
+    docs = [tasks.document(rng, lvl) if f == "corpus" else None for f, lvl in plan]
     seeds = [i for i in range(len(plan)) for _ in range(cfg.posings)]
     poses = sample_texts(policy, tok, [roles.pose_prompt(*plan[i], docs[i]) for i in seeds],
                          cfg, gen)
@@ -637,7 +658,7 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
             M.enable_checkpointing(policy)
     policy.train()  # from_pretrained returns eval mode, where checkpointing is skipped
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95),
-                                  weight_decay=0.0)
+                                  weight_decay=cfg.weight_decay)
     start_level = min(cfg.start_level, max(tasks.LEVELS))
     state = {"curriculum": {f: start_level for f in cfg.families.split(",")}, "history": {}}
     state_dir, start = os.path.join(out, "state"), 0
@@ -741,7 +762,10 @@ def base_model(cfg):
         return cfg.model
     path = os.path.join(cfg.out, "init")
     if M.is_main() and not os.path.isdir(path):
-        M.build_tiny(path, seed=cfg.seed)
+        M.build_tiny(path, world_texts(cfg.seed), hidden_size=cfg.tiny_hidden,
+                     num_layers=cfg.tiny_layers, num_heads=cfg.tiny_heads,
+                     num_kv_heads=cfg.tiny_heads, intermediate_size=3 * cfg.tiny_hidden,
+                     seed=cfg.seed)
     M.barrier()
     return path
 

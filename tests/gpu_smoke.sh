@@ -18,8 +18,8 @@ gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 python -c "import torch, transformers; print('torch', torch.__version__, '| transformers',
 transformers.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0)
 if torch.cuda.is_available() else 'cpu')"
-python model.py --out="$out/init" --hidden_size=256 --num_layers=4 --num_heads=8 \
-  --num_kv_heads=2 --intermediate_size=704
+python -c "import model, train; model.build_tiny('$out/init', train.world_texts(0),
+hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=704)"
 
 quick="--max_new_tokens=64 --seeds=4 --posings=2 --solutions=4 --batch=16 --micro_batch=8"
 quick="$quick --save_every=2 --checkpointing=on --threads=1"

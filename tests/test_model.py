@@ -54,15 +54,19 @@ def test_load_missing_path_names_it(tmp_path):
         M.load(str(tmp_path / "nowhere"))
 
 
-def test_command_line_builds_the_sizes_asked_for(tmp_path):
-    out = tmp_path / "built"
-    subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), f"--out={out}",
-                    "--hidden_size=48", "--num_layers=3", "--num_heads=4", "--num_kv_heads=2",
-                    "--intermediate_size=96"], check=True, capture_output=True)
-    policy, _ = M.load(str(out))
-    config = policy.lm.config
-    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-            config.num_key_value_heads, config.intermediate_size) == (48, 3, 4, 2, 96)
+def test_tiny_tokenizer_keeps_words_whole_and_spells_numbers():
+    """Trained on the world's texts: every frequent word is one token, a number is its digits,
+    any ASCII text round-trips, and pieces never cross a word boundary."""
+    import train
+    texts = train.world_texts(0, per_cell=10)
+    tok = M.build_tiny_tokenizer(texts)
+    assert tok.tokenize("Eve has 27 cups.") == ["Eve", " has", " ", "2", "7", " cups", "."]
+    assert tok.tokenize("27+4=31") == ["2", "7", "+", "4", "=", "3", "1"]
+    assert tok.tokenize("b->~c") == ["b", "->", "~", "c"]
+    for text in texts[:50] + ["unseen WORDS & odd ~ chars {}|", "x" * 30]:
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    chars = M.build_tiny_tokenizer()  # no texts: one token per character
+    assert chars.tokenize("57 ab") == ["5", "7", " ", "a", "b"]
 
 
 @pytest.mark.parametrize("lean", [True, False])

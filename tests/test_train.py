@@ -139,9 +139,10 @@ def scripted_roles(tok, known_tasks=None):
         role = roles.role_of(prompt)
         if role == "pose":
             family, level = prompt.split("\n")[-2].split()[1:]
-            task = tasks.sample(family, int(level), rng)
+            text = tasks.pose_text(tasks.sample(family, int(level), rng))
+            task = tasks.validate(family, text, int(level))  # what the environment will build
             task_of[task.prompt] = task
-            return tasks.pose_text(task)
+            return text
         if role == "judge":
             return critique_of[prompt]
         task = task_of[prompt.split("#problem\n", 1)[1].split("\n#", 1)[0]]
@@ -191,7 +192,8 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     assert any(s.coef[0] == 0 for s in by_role["solve"])  # credit did split some solutions
     assert solved and all(correct in (0.0, 1.0) for _, _, correct in solved)
     [rollout] = shown  # samples.jsonl: the whole story of the first problem
-    assert rollout["valid"] and rollout["problem"] in rollout["pose"]
+    assert rollout["valid"]
+    assert tasks.validate("deduction", rollout["pose"], 1).prompt == rollout["problem"]
     assert [(x["correct"], x["verdict"], x["revision_gain"]) for x in rollout["solutions"]] == \
         [(True, True, None), (False, False, 1)] * 2
     assert all((x["revision"] is None) == x["correct"] for x in rollout["solutions"])
@@ -347,3 +349,13 @@ def test_all_and_compare_write_their_tables(tiny, tmp_path):
             in open(os.path.join(out, "compare.md")).read())
     for arm in ("alive", "scalar", "sft"):  # a zero budget: each arm stops after its first step
         assert len(lines(os.path.join(out, f"cmp_{arm}", "metrics.jsonl"))) == 1
+
+
+def test_the_tiny_default_takes_its_sizes_from_flags(tmp_path):
+    cfg = train.parse_args([f"--out={tmp_path}", "--tiny_layers=3", "--tiny_hidden=48",
+                            "--tiny_heads=4"])
+    policy, tok = M.load(train.base_model(cfg))
+    config = policy.lm.config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+            config.intermediate_size) == (3, 48, 4, 144)
+    assert tok.tokenize("Find a,b:") == ["Find", " ", "a", ",", "b", ":"]
