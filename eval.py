@@ -40,7 +40,8 @@ overall, per family, per level and per family x level ("cell", keys "family/leve
                      revision's (else s's). Over all n_judge items:
                          wrong_to_right = #(s wrong, final right) / n
                          right_to_wrong = #(s right, final wrong) / n
-                     so accuracy after - before = wrong_to_right - right_to_wrong (`net`).
+                     so accuracy after - before = wrong_to_right - right_to_wrong (`net`;
+                     `net_change` is its mean_se over the per-item changes in {-1, 0, 1}).
                      `verdict_agreement`: its verdict on its own s against tasks.check.
   posing             n_pose pose prompts spread over families x levels (corpus: with a fresh
                      tasks.document), sampled at `temperature`.
@@ -256,6 +257,7 @@ def self_correction_metrics(generate_fn, items, solutions, before):
             "n": n, "count_wrong_to_right": w2r, "count_right_to_wrong": r2w,
             "wrong_to_right_given_wrong": w2r / wrong if wrong else None,
             "right_to_wrong_given_right": r2w / (n - wrong) if n > wrong else None,
+            "net_change": mean_se([a - b for a, b in zip(after, before)]),
             "before": mean_se(before), "after": mean_se(after), "revised": len(redo) / n,
             "verdict_agreement": mean_se([float(v is not None and v == bool(b))
                                           for v, b in zip(verdicts, before)])}
@@ -393,20 +395,19 @@ def comparison_table(reports):
     rows.append(("accuracy, levels 3 and up", lambda r: pooled(
         [r["greedy"]["level"].get(lv) for lv in levels if int(lv) >= 3])))
     rows.append(("pass@1 sampled", lambda r: (r["sampled"] or {}).get("pass@1", {}).get("overall")))
-    rows.append(("judge agreement",
-                 lambda r: (r["judge"] or {}).get("agreement", {}).get("overall")))
+    rows += [("judge agreement", lambda r: (r["judge"] or {}).get("agreement", {}).get("overall")),
+             ("judge accepts a reference solution", lambda r: (r["judge"] or {}).get("on_correct")),
+             ("judge rejects a wrong solution", lambda r: (r["judge"] or {}).get("on_incorrect")),
+             ("self-correction net", lambda r: (r["self_correction"] or {}).get("net_change")),
+             ("pose validity", lambda r: (r["pose"] or {}).get("validity", {}).get("overall"))]
     out = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for label, get in rows:
         out.append(f"| {label} | " + " | ".join(_cell(get(reports[n])) for n in names) + " |")
     for label, key in (("self-correction wrong->right", "wrong_to_right"),
-                       ("self-correction right->wrong", "right_to_wrong"),
-                       ("self-correction net", "net")):
+                       ("self-correction right->wrong", "right_to_wrong")):
         out.append(f"| {label} | " + " | ".join(
-            "-" if reports[n]["self_correction"] is None else
-            f"{reports[n]['self_correction'][key]:+.3f}" for n in names) + " |")
-    out.append("| pose validity | " + " | ".join(
-        "-" if reports[n]["pose_validity"] is None else f"{reports[n]['pose_validity']:.3f}"
-        for n in names) + " |")
+            "-" if reports[n]["self_correction"].get(key) is None else
+            f"{reports[n]['self_correction'][key]:.3f}" for n in names) + " |")
     out.append("| held-out items (n) | " + " | ".join(str(reports[n]["n"]) for n in names) + " |")
     return "\n".join(out)
 

@@ -66,6 +66,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import model
+
 METHODS = ("linear", "task_arithmetic", "ties", "dare")
 INDEX = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # not copied into the output
@@ -246,13 +248,7 @@ def merge(base, models, weights, method, density=0.5, seed=0, *, out):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # Swap into place: the old `out` is removed only once the new one is complete.
-    old = out.rstrip("/") + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(out):
-        os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    model.replace_dir(tmp, out.rstrip("/"))  # the old `out` goes only once the new is whole
     return out
 
 

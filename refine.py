@@ -380,11 +380,13 @@ def solver_rewards(verdicts, verified, alpha):
     return rewards
 
 
-def judge_rewards(verdicts, verified):
-    """Agreement of the judge's verdict with the verifier: 1 or 0 (unparsable verdict: 0).
+def judge_rewards(verdicts, verified, gains=None):
+    """Agreement of the judge's verdict with the verifier (1 or 0; unparsable verdict: 0), plus
+    the gain of the revision made from its critique (`gains`, 0 where nothing was revised).
     Where no verifier exists (verified None) there is no reward: None, leave it out."""
-    return [None if truth is None else float(verdict is not None and verdict == truth)
-            for verdict, truth in zip(verdicts, verified)]
+    gains = gains or [0.0] * len(verdicts)
+    return [None if truth is None else float(verdict is not None and verdict == truth) + gain
+            for verdict, truth, gain in zip(verdicts, verified, gains)]
 
 
 def revision_gain(original_correct, revised_correct):

@@ -52,6 +52,8 @@ Run the tests: python -m pytest -q tests/test_roles.py
 import re
 import unicodedata
 
+import tasks
+
 ROLES = ("pose", "solve", "judge", "revise")
 SECTIONS = ("pose", "doc", "problem", "solve", "reference", "solution", "judge", "critique",
             "revise")
@@ -60,7 +62,6 @@ ESC = "\\"  # put in front of a dangerous line; a line starting with it is never
 # The same line boundaries as str.splitlines, so no exotic break can hide a line.
 _BREAK = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 # re.ASCII: plain IGNORECASE would also read `İ`/`ı` as `i`, look-alikes escape() might miss.
-_ANSWER = re.compile(r"[ \t]*answer[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
 _VERDICT = re.compile(r"[ \t]*verdict[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
 _STEP = re.compile(r"\bStep[ \t]+([0-9]+)")
 _WORD = re.compile(r"(answer|verdict)(?![a-z])")
@@ -199,11 +200,7 @@ def _lines(text):
 
 def parse_answer(text):
     lines = _lines(text)
-    for line in reversed(lines or []):
-        m = _ANSWER.fullmatch(line)
-        if m:
-            return m.group(1).strip() or None
-    return None
+    return None if lines is None else tasks.answer_of("\n".join(lines))
 
 
 def parse_verdict(text):

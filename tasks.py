@@ -364,13 +364,16 @@ def check(task, answer_text):
     return isinstance(answer_text, str) and _norm(answer_text) == _norm(task.answer)
 
 
-_ANSWER = re.compile(r"\s*answer\s*:(.*)", re.IGNORECASE)
+# The one definition of an answer line: the critic reads it here, roles.parse_answer everywhere
+# else. re.ASCII: plain IGNORECASE would also read `İ`/`ı` as `i`, look-alikes escape() misses.
+ANSWER_LINE = re.compile(r"[ \t]*answer[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
 
 
 def answer_of(text):
-    """What follows the last `Answer:` line of a solution, or None."""
-    found = [m.group(1).strip() for m in map(_ANSWER.fullmatch, str(text).split("\n")) if m]
-    return found[-1] if found else None
+    """What follows the last `Answer:` line of a solution, stripped; None if none or empty."""
+    found = [m.group(1).strip() for m in map(ANSWER_LINE.fullmatch, str(text).splitlines())
+             if m]
+    return found[-1] if found and found[-1] else None
 
 
 def critique(task, solution_text):

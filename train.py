@@ -115,7 +115,8 @@ class Config:
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
-    demo_mix: str = "3,2,4,1,1"  # warmup: relative frequency of solve,judge,revise,pose,text demos
+    demo_mix: str = "3,3,2,1,1"  # warmup: relative frequency of solve,judge,revise,pose,text demos
+    judge_first: int = 0        # warmup: its first N steps show judge demonstrations only
     merge_method: str = "task_arithmetic"  # merge: linear|task_arithmetic|ties|dare
     merge_density: float = 0.5  # merge: ties/dare density
     merge_models: str = ""      # merge: comma-separated dirs; "" = <out>/../align_<ability>/model
@@ -357,6 +358,8 @@ def step_randomness(cfg, step, rank):
 def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
     rng, _ = step_randomness(cfg, step, rank)
     levels, mix = demo_settings(cfg)
+    if step < cfg.judge_first:  # judging is learned late and abruptly (tests/bench_judge.py)
+        mix = [float(kind == "judge") for kind in DEMO_KINDS]
     samples = [demonstration(rng, tok, cfg, levels, mix)
                for _ in range(max(1, cfg.batch // M.world()))]
     metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
@@ -383,11 +386,6 @@ def token_steps(tok, ids, text):
         end += len(with_it) - len(without)
         steps.append(char_steps[min(max(end - 1, 0), len(char_steps) - 1)])
     return steps
-
-
-def verified(task, text):
-    answer = roles.parse_answer(text)
-    return answer is not None and tasks.check(task, answer)
 
 
 def sample_texts(policy, tok, prompts, cfg, gen):
@@ -424,7 +422,7 @@ def scalar_rollouts(policy, tok, cfg, plan, rng, gen):
     prompts = [roles.solve_prompt(t.prompt) for t in task_list for _ in range(cfg.solutions)]
     sols = sample_texts(policy, tok, prompts, cfg, gen)
     owner = [i for i in range(len(task_list)) for _ in range(cfg.solutions)]
-    correct = [float(verified(task_list[i], s.text)) for i, s in zip(owner, sols)]
+    correct = [evaluation.score(task_list[i], s.text) for i, s in zip(owner, sols)]
     adv, keep = R.group_advantages(correct, owner)
     stats = {"reward/solve": correct, "acc/solve": correct}
     solved = [(task_list[i].family, task_list[i].level, c) for i, c in zip(owner, correct)]
@@ -452,7 +450,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     owner = [p for p in range(len(problems)) for _ in range(cfg.solutions)]
     sols = sample_texts(policy, tok, [roles.solve_prompt(problems[p].prompt) for p in owner],
                         cfg, gen)
-    truth = [verified(problems[p], s.text) for p, s in zip(owner, sols)]
+    truth = [evaluation.score(problems[p], s.text) for p, s in zip(owner, sols)]
     # 3. judge every solution in words, with the reference answer in view
     judge_prompts = [roles.judge_prompt(problems[p].prompt, problems[p].answer, s.text)
                      for p, s in zip(owner, sols)]
@@ -463,7 +461,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     revisions = sample_texts(policy, tok, [roles.revise_prompt(problems[owner[j]].prompt,
                                                                sols[j].text, judgements[j].text)
                                            for j in redo], cfg, gen)
-    gains = [R.revision_gain(truth[j], verified(problems[owner[j]], r.text))
+    gains = [R.revision_gain(truth[j], evaluation.score(problems[owner[j]], r.text))
              for j, r in zip(redo, revisions)]
     # 5. rewards per role
     rates = [0.0] * len(posed)  # p_hat of each posing: its solutions' verified solve rate
@@ -478,7 +476,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     critique_gain = [0.0] * len(sols)  # a critique feeds one revision: its mean gain is that one
     for j, g in zip(redo, gains):
         critique_gain[j] = g
-    judge_r = [a + g for a, g in zip(R.judge_rewards(verdicts, truth), critique_gain)]
+    judge_r = R.judge_rewards(verdicts, truth, critique_gain)
     # 6. group-normalised advantages; token credit from the judge's pointer. Posers are compared
     #    with every poser of their family in the batch: within one seed all are often invalid
     #    (no spread, no signal) early on.
@@ -578,7 +576,7 @@ def refine_step(policy, optimizer, tok, cfg, step, rank, state):
     policy.eval()
     sols = [s.text for s in sample_texts(policy, tok, [roles.solve_prompt(p) for p in problems],
                                          cfg, gen)]
-    chains = R.refine_rounds(judge, revise, lambda p, s: float(verified(task_of[p], s)),
+    chains = R.refine_rounds(judge, revise, lambda p, s: evaluation.score(task_of[p], s),
                              [p for p in problems for _ in range(2)],
                              [s for s in sols for _ in range(2)], cfg.refine_rounds)
     policy.train()

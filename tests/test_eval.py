@@ -196,6 +196,7 @@ def test_self_correction_counts_on_a_script():
     assert s["wrong_to_right_given_wrong"] == 1.0
     assert s["before"]["mean"] == right / 20 and s["after"]["mean"] == 1.0
     assert s["net"] == pytest.approx(s["after"]["mean"] - s["before"]["mean"])
+    assert s["net_change"]["mean"] == pytest.approx(s["net"]) and s["net_change"]["n"] == 20
     assert calls.count("revise") == 20
 
     broken = ev.evaluate(double(known, solve=solver, judge="incorrect", revise="wrong"), **SMALL)
@@ -230,7 +231,22 @@ def test_skipping_judge_and_pose_gives_nulls():
     assert report["self_correction"] == {"wrong_to_right": None, "right_to_wrong": None}
     assert report["skipped"] == ["judge", "self_correction", "pose"]
     assert set(calls) == {"solve"}
-    ev.format_report(report)
+    text = ev.format_report(report)
+    assert "greedy accuracy" in text and "judge agreement" not in text
+
+
+def test_comparison_table_with_and_without_the_judge():
+    full = ev.evaluate(double(known_items(**SMALL)), **SMALL)
+    bare = ev.evaluate(double(known_items(**SMALL)), **{**SMALL, "n_judge": 0, "n_pose": 0})
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:]
+            for line in ev.comparison_table({"full": full, "bare": bare}).split("\n")[2:]}
+    assert rows["accuracy, all levels"] == ["1.000±0.000", "1.000±0.000"]
+    assert rows["judge agreement"] == ["1.000±0.000", "-"]
+    assert rows["judge rejects a wrong solution"] == ["1.000±0.000", "-"]
+    assert rows["self-correction net"] == ["0.000±0.000", "-"]
+    assert rows["self-correction wrong->right"] == ["0.000", "-"]
+    assert rows["pose validity"] == ["1.000±0.000", "-"]
+    assert rows["held-out items (n)"] == ["40", "40"]
 
 
 def test_jsonl_data_set(tmp_path):

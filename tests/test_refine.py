@@ -44,6 +44,9 @@ def test_solver_rewards_and_alpha_schedule():
 def test_judge_rewards_agreement():
     assert judge_rewards([True, False, None, True, None], [True, True, False, False, None]) == \
         [1.0, 0.0, 0.0, 0.0, None]
+    # plus the gain of the revision its critique led to (agreement 0 + fixed it = 1)
+    assert judge_rewards([False, False, True], [False, True, True], [1, -1, 0]) == \
+        [2.0, -1.0, 1.0]
 
 
 def test_revision_gain_and_critique_rewards():

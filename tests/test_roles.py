@@ -11,6 +11,7 @@ import types
 import pytest
 
 import roles
+import tasks
 
 PARSERS = (roles.parse_answer, roles.parse_verdict, roles.parse_pointer, roles.parse_pose)
 
@@ -40,7 +41,7 @@ def read_lines(text):
 
 
 def readable_by_parser(line):
-    return bool(roles._ANSWER.match(line) or roles._VERDICT.match(line) or roles._is_marker(line))
+    return bool(tasks.ANSWER_LINE.match(line) or roles._VERDICT.match(line) or roles._is_marker(line))
 
 
 # ---------------------------------------------------------------- prompts
