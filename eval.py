@@ -394,6 +394,8 @@ def comparison_table(reports):
              for lv in levels]
     rows.append(("accuracy, levels 3 and up", lambda r: pooled(
         [r["greedy"]["level"].get(lv) for lv in levels if int(lv) >= 3])))
+    families = list(dict.fromkeys(f for r in reports.values() for f in r["greedy"]["family"]))
+    rows += [(f"accuracy, {f}", lambda r, f=f: r["greedy"]["family"].get(f)) for f in families]
     rows.append(("pass@1 sampled", lambda r: (r["sampled"] or {}).get("pass@1", {}).get("overall")))
     rows += [("judge agreement", lambda r: (r["judge"] or {}).get("agreement", {}).get("overall")),
              ("judge accepts a reference solution", lambda r: (r["judge"] or {}).get("on_correct")),

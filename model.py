@@ -60,9 +60,9 @@ def build_tiny_tokenizer(texts=(), vocab_size=1024):
 
     Merges never cross a piece (TINY_PIECES), so the frequent words of the texts become single
     tokens (short sequences: more examples a minute) while numbers are spelled in digits, as
-    Llama-2's tokenizer does. Measured (tests/bench_judge.py, README): with whole-number tokens
-    the judge's comparison of two answers was learned in 1 run of 5, with digits in every
-    run, since equality over ten symbols is learned far sooner than over a hundred. Any ASCII
+    Llama-2's tokenizer does. Measured in judge-only probes (README, "Learning to judge"):
+    with digits the comparison of two answers was learned in more runs than with whole-number
+    tokens, and sooner, equality over ten symbols being easier than over a hundred. Any ASCII
     text still encodes, character by character."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -5,8 +5,8 @@ step, and every step is checkable on its own. The environment computes every ans
 any step carries through the steps after it to the answer (as real slips do), so a verdict can
 be decided by comparing the final answer with the reference, while the teacher's critique also
 names the first wrong step. Numbers stay in 0..LIMIT (29) and every step is one `x+d=y` or
-`x-d=y` with d from 1 to STEP (5): with numbers up to 99 a tiny model learned the arithmetic
-half as fast (README).
+`x-d=y` with d from 1 to STEP (5): with numbers up to 99 a tiny model solved levels 1-2
+about half as often after the same training (README, "Learning to judge").
 
 Families (L = level):
   induction  a sequence made by adding fixed steps (one step, or two in turn); find the term L
@@ -460,8 +460,16 @@ def pose_text(task):
     return FAMILY[task.family][2](task.data)
 
 
-def validate(family, pose_text, level, document=None):
-    """The Task a posing defines (answer computed here), or a short reason it is invalid."""
+def validate(family, pose_text, level, document=None, split=None):
+    """The Task a posing defines (answer computed here), or a short reason it is invalid; with
+    `split`, a problem of the other split is invalid too (self-play must not pose eval items)."""
+    task = _validate(family, pose_text, level, document)
+    if split and isinstance(task, Task) and split_of(task) != split:
+        return f"a problem of the {split_of(task)} split"
+    return task
+
+
+def _validate(family, pose_text, level, document):
     if family not in FAMILIES or level not in LEVELS:
         return f"unknown family or level: {family!r}, {level!r}"
     if not isinstance(pose_text, str) or not pose_text.strip():

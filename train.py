@@ -24,6 +24,8 @@ Stages (each reads a model directory and writes `<out>/model`, `<out>/metrics.js
   all      warmup, evaluate, alive, evaluate, print the before/after table.
   compare  from one warm-up checkpoint, equal wall time each: alive, --reward=scalar, and an
            SFT control (warm-up continued); evaluate all four on the same held-out items.
+  meta     from one warm-up checkpoint: align each meta-ability, merge them, domain RL from
+           the merge; evaluate all six on the same held-out items.
 
 --reward=scalar turns alive into the baseline: plain GRPO on exact match over environment
 tasks, no poser, no judge, no critique, no revision.
@@ -71,7 +73,7 @@ import refine as R
 import roles
 import tasks
 
-STAGES = ("warmup", "alive", "align", "merge", "domain", "refine", "all", "compare")
+STAGES = ("warmup", "alive", "align", "merge", "domain", "refine", "all", "compare", "meta")
 
 
 @dataclass
@@ -124,7 +126,7 @@ class Config:
     save_every: int = 20        # steps between resumable checkpoints
     eval_n: int = 200           # held-out solver items per evaluation in `all`
     compare_minutes: float = 4.0  # compare: wall minutes of each of the three arms
-    compare_eval_n: int = 600   # compare: held-out items for the final table
+    compare_eval_n: int = 600   # compare, meta: held-out items for the final table
     hints: bool = False         # prepend format hints to role prompts (for chat models)
     checkpointing: str = "auto"  # activation checkpointing: auto (on with CUDA) | on | off
     threads: int = 0            # CPU threads per process; 0 = cores / ranks
@@ -436,7 +438,8 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     seeds = [i for i in range(len(plan)) for _ in range(cfg.posings)]
     poses = sample_texts(policy, tok, [roles.pose_prompt(*plan[i], docs[i]) for i in seeds],
                          cfg, gen)
-    posed = [tasks.validate(plan[i][0], roles.parse_pose(p.text) or "", plan[i][1], docs[i])
+    posed = [tasks.validate(plan[i][0], roles.parse_pose(p.text) or "", plan[i][1], docs[i],
+                            split="train")
              for i, p in zip(seeds, poses)]
     valid = [isinstance(t, tasks.Task) for t in posed]
     # 2. solve: N solutions per problem. A seed none of whose posings is valid is solved on an
@@ -802,6 +805,8 @@ def run(cfg):
                          stage_steps(cfg, cfg.refine_steps), refine_step, cfg.rl_lr)
     if cfg.stage == "compare":
         return compare(cfg)
+    if cfg.stage == "meta":
+        return meta(cfg)
     return run_all(cfg)
 
 
@@ -848,12 +853,30 @@ def run_all(cfg):
     return alive
 
 
+def shared_warmup(cfg):
+    """The one warm-up every arm starts from: <out>/warmup/model, trained first if missing."""
+    warm = os.path.join(cfg.out, "warmup", "model")
+    if os.path.isdir(warm):
+        return warm
+    return run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
+                     cfg.warmup_steps, warmup_step, cfg.lr)
+
+
+def report_arms(cfg, arms, name):
+    """Every arm evaluated on the same `compare_eval_n` held-out items; <out>/<name>.md, .json."""
+    reports = {arm: evaluate_dir(path, os.path.join(cfg.out, f"eval_{arm}.json"), cfg,
+                                 cfg.compare_eval_n) for arm, path in arms.items()}
+    table = evaluation.comparison_table(reports)
+    with open(os.path.join(cfg.out, f"{name}.md"), "w") as f:
+        f.write(table + "\n")
+    evaluation.write_json(reports, os.path.join(cfg.out, f"{name}.json"))
+    print(table)
+    return reports
+
+
 def compare(cfg):
     """alive vs --reward=scalar vs SFT control, equal wall time each, from one warm-up."""
-    warm = os.path.join(cfg.out, "warmup", "model")
-    if not os.path.isdir(warm):
-        warm = run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
-                         cfg.warmup_steps, warmup_step, cfg.lr)
+    warm = shared_warmup(cfg)
     budget = cfg.compare_minutes * 60
     arms = {"warmup": warm}
     big = 10**6  # the deadline, not the step count, ends each arm
@@ -863,19 +886,35 @@ def compare(cfg):
     arms["scalar"] = run_stage(dataclasses.replace(cfg, reward="scalar"), "alive", warm,
                                os.path.join(cfg.out, "cmp_scalar"), big, rl_step, cfg.rl_lr,
                                time.time() + budget)
-    arms["sft"] = run_stage(cfg, "sft", warm, os.path.join(cfg.out, "cmp_sft"), big,
+    # the control continues the warm-up's own mix (no judge-only phase) at a tenth of its rate
+    arms["sft"] = run_stage(dataclasses.replace(cfg, judge_first=0), "sft", warm, os.path.join(cfg.out, "cmp_sft"), big,
                             warmup_step, cfg.lr * 0.1, time.time() + budget)
     if not only_main_goes_on():
         return arms
-    reports = {name: evaluate_dir(path, os.path.join(cfg.out, f"eval_{name}.json"), cfg,
-                                  cfg.compare_eval_n) for name, path in arms.items()}
-    table = evaluation.comparison_table(reports)
-    with open(os.path.join(cfg.out, "compare.md"), "w") as f:
-        f.write(table + "\n")
-    evaluation.write_json(reports, os.path.join(cfg.out, "compare.json"))
+    report_arms(cfg, arms, "compare")
     evaluation.plot_curves([os.path.join(cfg.out, f"cmp_{a}") for a in ("alive", "scalar", "sft")],
                            os.path.join(cfg.out, "compare.png"), labels=["alive", "scalar", "sft"])
-    print(table)
+    return arms
+
+
+def meta(cfg):
+    """Meta-ability alignment from one warm-up: align each of deduction, induction and abduction
+    (`rl_steps` each), merge the three (`merge_method`), domain self-play from the merge."""
+    warm = shared_warmup(cfg)
+    steps = stage_steps(cfg, cfg.rl_steps)
+    arms = {"warmup": warm}
+    for ability in tasks.FAMILIES[:3]:
+        arms[ability] = run_stage(dataclasses.replace(cfg, families=ability, reward="scalar"),
+                                  "align", warm, os.path.join(cfg.out, f"align_{ability}"),
+                                  steps, rl_step, cfg.rl_lr)
+    # rank 0 merges while the others wait here (the 60-minute collective timeout covers 8B)
+    arms["merged"] = merge_stage(dataclasses.replace(cfg, model=warm,
+                                                     out=os.path.join(cfg.out, "merged")))
+    M.barrier()
+    arms["domain"] = run_stage(cfg, "domain", arms["merged"], os.path.join(cfg.out, "domain"),
+                               steps, rl_step, cfg.rl_lr)
+    if only_main_goes_on():
+        report_arms(cfg, arms, "meta")
     return arms
 
 

@@ -9,7 +9,7 @@ is what the critique's first line does; a model that always says one verdict sco
 Each seed builds its own model (the comparison is learned late and abruptly, so one run can
 miss it).
 
-Run: python tests/bench_judge.py [--seconds=300] [--seeds=2] [--levels=1,2] [--n=200]
+Run: python tests/bench_judge.py [--seconds=300 | --steps=2000] [--seeds=2] [--levels=1,2] [--n=200]
         [--tiny_layers=2 --tiny_hidden=128 --lr=2e-3 --batch=32 --threads=2]
 """
 import argparse
@@ -26,14 +26,16 @@ import eval as evaluation  # noqa: E402
 import train  # noqa: E402
 
 
-def judge_run(seconds, seed, levels, n, flags, out):
-    """Train a fresh tiny model on judge demonstrations for `seconds`; its held-out figures."""
+def judge_run(seconds, seed, levels, n, flags, out, steps=None):
+    """Train a fresh tiny model on judge demonstrations for `seconds` (or exactly `steps`, at
+    the warm-up's decaying learning rate); its held-out figures."""
     cfg = train.parse_args([f"--out={out}", f"--seed={seed}", "--demo_mix=0,1,0,0,0",
                             f"--demo_levels={levels}", "--save_every=1000000"] + flags)
     torch.set_num_threads(cfg.threads or os.cpu_count())
     start = time.time()
     model = train.run_stage(cfg, "warmup", train.base_model(cfg), os.path.join(out, "judge"),
-                            10**9, train.warmup_step, cfg.lr, deadline=start + seconds)
+                            steps or 10**9, train.warmup_step, cfg.lr,
+                            deadline=None if steps else start + seconds)
     trained = time.time() - start
     policy, tok = evaluation.load_for_eval(model)
     generate_fn = evaluation.model_generate_fn(policy, tok, max_new_tokens=cfg.max_new_tokens)
@@ -53,6 +55,7 @@ def judge_run(seconds, seed, levels, n, flags, out):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--steps", type=int, default=0, help="exactly this many steps instead")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--levels", default="1,2")
     parser.add_argument("--n", type=int, default=200, help="held-out items (2 judgements each)")
@@ -60,7 +63,8 @@ def main():
     rows = []
     for seed in range(args.seeds):
         with tempfile.TemporaryDirectory() as out:
-            rows.append(judge_run(args.seconds, seed, args.levels, args.n, flags, out))
+            rows.append(judge_run(args.seconds, seed, args.levels, args.n, flags, out,
+                                  args.steps or None))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"judge-only training, {args.seconds:.0f} s a seed, levels {args.levels}, "
           f"{2 * args.n} held-out judgements, flags {' '.join(flags) or '(defaults)'}, "

@@ -192,7 +192,12 @@ def test_dpo_stats_and_gradient_sign():
     h = hidden.clone().requires_grad_()
     loss, stats = fused_loss(h, weight, targets, coef, "dpo", chunk_size=16, **kw)
     loss.backward()
-    assert 0 <= stats["dpo_accuracy"].item() <= 1
+    # closed form: S = sum of c (log p - ref) per sequence; a pair is right when S_chosen > S_rej
+    logp = F.log_softmax(hidden @ weight.T, -1).gather(1, targets[:, None]).squeeze(1)
+    sums = torch.zeros(6, dtype=logp.dtype).index_add_(0, kw["seq_id"],
+                                                       coef * (logp - kw["ref_logp"]))
+    assert stats["dpo_accuracy"].item() == (sums[0::2] > sums[1::2]).double().mean().item()
+    assert abs(stats["dpo_margin"].item() - (sums[0::2] - sums[1::2]).mean().item()) < 1e-9
     # a small step against the gradient must lower the loss
     with torch.no_grad():
         lower, _ = fused_loss(hidden - 1e-3 * h.grad, weight, targets, coef, "dpo", **kw)

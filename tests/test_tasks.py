@@ -352,3 +352,15 @@ def test_sizes_fit_a_tiny_model_at_level_1_and_grow():
         size = [sum(len(t.prompt) + len(tasks.solve(t)) for t in ts) / len(ts)
                 for ts in (low, high)]
         assert size[1] > size[0], family
+
+
+def test_a_posing_of_a_held_out_problem_is_invalid_in_training():
+    rng = random.Random(5)
+    held = [tasks.sample("induction", 2, rng, "eval") for _ in range(20)]
+    for t in held:
+        text = tasks.pose_text(t)
+        assert tasks.validate("induction", text, 2).prompt == t.prompt  # the same problem
+        assert tasks.validate("induction", text, 2, split="train") == "a problem of the eval split"
+    train_task = tasks.sample("induction", 2, rng, "train")
+    assert tasks.validate("induction", tasks.pose_text(train_task), 2, split="train").prompt == \
+        train_task.prompt
