@@ -1,4 +1,5 @@
-"""Task-vector merging of Hugging Face checkpoints: linear, task arithmetic, TIES, DARE.
+"""Checkpoints: task-vector merging (linear, task arithmetic, TIES, DARE), and the checkpoints a
+training run writes (a Hugging Face export, a resumable state; both atomic, both FSDP-aware).
 
 The meta-ability recipe aligns one ability at a time from the same starting checkpoint
 theta_0 (the *base*) and then merges the specialists into one model. Every method here
@@ -59,10 +60,12 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import shutil
 import sys
 
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -250,6 +253,84 @@ def merge(base, models, weights, method, density=0.5, seed=0, *, out):
         raise
     model.replace_dir(tmp, out.rstrip("/"))  # the old `out` goes only once the new is whole
     return out
+
+
+# ---------------------------------------------------------------- checkpoints of a training run
+
+def save_hf(policy, tokenizer, path):
+    """Export a Hugging Face directory (safetensors) that any HF tool loads, in the checkpoint's
+    own dtype (bf16 for Llama-3: 16 GB, not 32). Under FSDP the tensors are gathered one at a
+    time (a collective on every rank, in the same order) and only rank 0 keeps and writes them."""
+    from torch.distributed.tensor import DTensor
+    full, seen = {}, {}
+    for name, tensor in policy.lm.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:  # tied weights: one gather, one shared tensor in the export
+            with torch.no_grad():
+                whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            dtype = policy.save_dtype if whole.is_floating_point() else whole.dtype
+            seen[id(tensor)] = whole.detach().to("cpu", dtype) if model.is_main() else None
+        full[name] = seen[id(tensor)]
+    if model.is_main():
+        model.save_pretrained_atomic(policy.lm, tokenizer, path, state_dict=full,
+                                     dtype=policy.save_dtype)
+    model.barrier()
+
+
+def rng_state():
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(policy, optimizer, path, meta):
+    """Resumable training state: sharded model + optimizer (torch.distributed.checkpoint), each
+    rank's RNG states, and `meta` (JSON: step, stage, anything the trainer needs; the world size
+    is added). Written to `path.tmp` and renamed into place once every rank has finished."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    tmp = path.rstrip("/") + ".tmp"
+    if model.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    model.barrier()
+    model_sd, optim_sd = get_state_dict(policy, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    torch.save(rng_state(), os.path.join(tmp, f"rng_{rank}.pt"))
+    model.barrier()
+    if model.is_main():
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump({**meta, "world": model.world()}, f)
+        model.replace_dir(tmp, path.rstrip("/"))
+    model.barrier()
+
+
+def load_state(policy, optimizer, path):
+    """Restore what `save_state` wrote, in place; returns its `meta` (without the world size).
+    Model and optimizer reshard to any world size (torch.distributed.checkpoint does it); the
+    RNG states are restored only at the world size they were saved at, since a rank's stream
+    belongs to that rank."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    # With no gradients present, get_state_dict creates the optimizer's state tensors (a fresh
+    # optimizer has none), which dcp.load then fills in place.
+    optimizer.zero_grad(set_to_none=True)
+    model_sd, optim_sd = get_state_dict(policy, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(policy, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optim"])
+    with open(os.path.join(path, "meta.json")) as f:
+        meta = json.load(f)
+    if meta.pop("world", 1) == model.world():
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        set_rng_state(torch.load(os.path.join(path, f"rng_{rank}.pt"), weights_only=False))
+    return meta
 
 
 # ---------------------------------------------------------------- command line

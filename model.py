@@ -17,7 +17,7 @@ What lives here, top to bottom:
   4. teacher forcing: prompt + completion batches packed for the trainer's forward;
   5. FSDP2 sharding, a context that gathers the parameters once for a whole rollout phase, and
      the collective helpers every distributed figure goes through;
-  6. checkpoints: a Hugging Face export and a resumable training state, both atomic.
+  6. atomic directory writes (the export and the resumable state are in merge.py).
 
 The math of sampling. At each step the model gives logits z over the vocabulary; the token is
 drawn from softmax(z / T), restricted to the smallest set of tokens whose probability reaches
@@ -34,7 +34,6 @@ import copy
 import datetime
 import json
 import os
-import random
 import shutil
 from dataclasses import dataclass
 
@@ -673,78 +672,3 @@ def save_pretrained_atomic(lm, tokenizer, path, state_dict=None, dtype=None):
         with open(config_path, "w") as f:
             json.dump(config, f, indent=2)
     replace_dir(tmp, path.rstrip("/"))
-
-
-def save_hf(policy, tokenizer, path):
-    """Export a Hugging Face directory (safetensors) that any HF tool loads, in the checkpoint's
-    own dtype (bf16 for Llama-3: 16 GB, not 32). Under FSDP the tensors are gathered one at a
-    time (a collective on every rank, in the same order) and only rank 0 keeps and writes them."""
-    from torch.distributed.tensor import DTensor
-    full, seen = {}, {}
-    for name, tensor in policy.lm.state_dict(keep_vars=True).items():
-        if id(tensor) not in seen:  # tied weights: one gather, one shared tensor in the export
-            with torch.no_grad():
-                whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-            dtype = policy.save_dtype if whole.is_floating_point() else whole.dtype
-            seen[id(tensor)] = whole.detach().to("cpu", dtype) if is_main() else None
-        full[name] = seen[id(tensor)]
-    if is_main():
-        save_pretrained_atomic(policy.lm, tokenizer, path, state_dict=full, dtype=policy.save_dtype)
-    barrier()
-
-
-def rng_state():
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_state(policy, optimizer, path, meta):
-    """Resumable training state: sharded model + optimizer (torch.distributed.checkpoint), each
-    rank's RNG states, and `meta` (JSON: step, stage, anything the trainer needs; the world size
-    is added). Written to `path.tmp` and renamed into place once every rank has finished."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-    tmp = path.rstrip("/") + ".tmp"
-    if is_main():
-        shutil.rmtree(tmp, ignore_errors=True)
-    barrier()
-    model_sd, optim_sd = get_state_dict(policy, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    torch.save(rng_state(), os.path.join(tmp, f"rng_{rank}.pt"))
-    barrier()
-    if is_main():
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({**meta, "world": world()}, f)
-        replace_dir(tmp, path.rstrip("/"))
-    barrier()
-
-
-def load_state(policy, optimizer, path):
-    """Restore what `save_state` wrote, in place; returns its `meta` (without the world size).
-    Model and optimizer reshard to any world size (torch.distributed.checkpoint does it); the
-    RNG states are restored only at the world size they were saved at, since a rank's stream
-    belongs to that rank."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    # With no gradients present, get_state_dict creates the optimizer's state tensors (a fresh
-    # optimizer has none), which dcp.load then fills in place.
-    optimizer.zero_grad(set_to_none=True)
-    model_sd, optim_sd = get_state_dict(policy, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=path)
-    set_state_dict(policy, optimizer, model_state_dict=state["model"],
-                   optim_state_dict=state["optim"])
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
-    if meta.pop("world", 1) == world():
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        set_rng_state(torch.load(os.path.join(path, f"rng_{rank}.pt"), weights_only=False))
-    return meta

@@ -1,31 +1,33 @@
-"""refine.py: verbal feedback into learning signal, and the fused chunked loss.
+"""refine.py: the judge's words into a learning signal, in the order a reader follows them.
 
-Read top to bottom:
+1. Rewards per role, from one record per posing (`Posing`): with p_hat a posing's verified
+   solve rate, v the judge's verdict, y the verifier's 0/1 and g a revision's gain,
 
-1. The fused loss.  Every role ends in one per-token coefficient vector `c`, consumed by
-   `fused_loss(hidden, weight, targets, coef, mode)`.  With logits z_t = W h_t and
-   log p_t = z_t[y_t] - logsumexp(z_t), the loss is L = sum_t l_t(log p_t) / normalizer, so
+       poser    r = 1 - p_hat if p_hat > 0, 0 if p_hat = 0; -1 if invalid or a duplicate
+       solver   r = (1 - alpha) [v = correct] + alpha y      (alpha: 1 -> alpha_floor)
+       judge    r = [v = y] + g of the revision written from its critique
+       reviser  r = g = y(revision) - y(original)             (alignment via refinement)
 
-       dL/dz_t = g_t * (onehot(y_t) - softmax(z_t)),   g_t = dL/dlog p_t,
-       dL/dh_t = W^T dL/dz_t = g_t * (W[y_t] - softmax(z_t) W),
-       dL/dW   = sum_t dL/dz_t h_t^T = scatter_rows(y_t, g_t h_t) - softmax(Z)^T (g h).
+2. Advantages: A = (r - mean) / std within a group (the solutions of one posing; the posers of
+   one family); a group whose rewards are all equal is dropped. Token credit: a solution with
+   A < 0 whose critique names its first wrong step k takes A on steps k.. and 0 before.
 
-   One `torch.autograd.Function` walks the tokens in chunks, computes a chunk's logits,
-   log-probs and both gradients inside the forward pass, and keeps only dL/dh [N,H] and
-   dL/dW [V,H]; backward scales them by grad_output.  So the [N, V] logits never exist at
-   once: peak extra memory is one [chunk, V] buffer plus the gradients.
-   Modes: "pg" (clipped policy gradient, optional k3 KL), "nll" (SFT, critique
-   distillation), "dpo" (sequence-level DPO on refinement pairs).
+3. The fused loss. Every completion ends as per-token coefficients c_t, consumed by
+   `fused_loss(hidden, weight, targets, coef, mode)`. With logits z_t = W h_t and
+   log p_t = z_t[y_t] - logsumexp(z_t), L = sum_t l_t(log p_t) / normalizer, so
 
-2. Rewards per role (poser learnability, audited solver verdicts, judge agreement,
-   refinement gain), group-normalised advantages, and token credit from the judge's
-   pointer to the first wrong step.
+       dL/dz_t = g_t (onehot(y_t) - softmax(z_t)),   g_t = dL/dlog p_t,
+       dL/dh_t = g_t (W[y_t] - softmax(z_t) W),      dL/dW = sum_t dL/dz_t h_t^T.
 
-3. Refinement (alignment via refinement): rounds of critique -> revise, preference pairs,
-   and "long refinement thought" NLL samples.
+   One autograd Function walks the tokens in chunks and computes both gradients in its
+   forward, so the [N, V] logits never exist at once (peak: one [chunk, V] buffer).
+   Modes: "pg" (clipped policy gradient, optional k3 KL), "nll", "dpo" (refinement pairs).
 
-Run the tests with `python -m pytest -q tests/test_loss.py tests/test_refine.py` and the
-memory/time benchmark with `python tests/bench_loss.py`.
+4. Refinement (alignment via refinement): rounds of critique -> revise, preference pairs,
+   and "long refinement thought" NLL texts.
+
+Tests: python -m pytest -q tests/test_refine.py tests/test_loss.py; memory and time of the loss:
+python tests/bench_loss.py.
 """
 import re
 from dataclasses import dataclass, field
@@ -33,76 +35,203 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+import roles
+
 MODES = ("pg", "nll", "dpo")
 
 
 # ---------------------------------------------------------------------------------------
-# 1. The fused loss
+# 1. Rewards per role
 # ---------------------------------------------------------------------------------------
 
-def _compute_dtype(dtype):
-    """float64 stays exact; float32 and the half types (bf16, fp16) compute in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+@dataclass
+class Posing:
+    """One posing of a self-play step and everything done with it. A stand-in (`pose` None) is
+    an environment task solved for a seed none of whose posings was valid."""
+    family: str
+    pose: object = None        # the poser's completion (model.Completion); None: a stand-in
+    task: object = None        # the environment's Task; None: it refused the posing
+    duplicate: bool = False    # repeats an earlier valid posing of the batch
+    solutions: list = field(default_factory=list)  # N completions of the solve prompt
+    correct: list = field(default_factory=list)    # the verifier on each: 0.0 or 1.0
+    critiques: list = field(default_factory=list)  # the judge's completion on each
+    verdicts: list = field(default_factory=list)   # parsed: True, False, None (unparsable)
+    pointers: list = field(default_factory=list)   # first wrong step a critique names, or None
+    steps: list = field(default_factory=list)      # per solution: the step of each token
+    revisions: list = field(default_factory=list)  # per solution: its revision, None if accepted
+    gains: list = field(default_factory=list)      # per solution: the revision's gain (0 if none)
 
 
-def _chunk_softmax(h, w, y, buf):
-    """Logits of one chunk into `buf`, then softmax in place.
+def self_play_samples(posings, alpha):
+    """[(role, completion, per-token coefficients)] of one self-play step: each role's reward
+    (the equations above), its advantage within its group, and the solver's token credit; and
+    {role: rewards}."""
+    rows = []  # (role, completion, reward, group, steps of its tokens, flagged step)
+    for i, p in enumerate(posings):
+        rate = sum(p.correct) / len(p.correct) if p.correct else 0.0
+        if p.pose is not None:
+            learnable = -1.0 if p.task is None or p.duplicate else (1 - rate if rate else 0.0)
+            rows.append(("pose", p.pose, learnable, ("pose", p.family), None, None))
+        for j, solution in enumerate(p.solutions):
+            verdict, truth = p.verdicts[j], p.correct[j]
+            rows.append(("solve", solution, (1 - alpha) * float(verdict is True) + alpha * truth,
+                         ("solve", i), p.steps[j], p.pointers[j]))
+            agrees = float(verdict is not None and verdict == bool(truth))
+            rows.append(("judge", p.critiques[j], agrees + p.gains[j], ("judge", i), None, None))
+            if p.revisions[j] is not None:
+                rows.append(("revise", p.revisions[j], p.gains[j], ("revise", i), None, None))
+    group_ids = {}
+    advantages, keep = group_advantages(
+        [r[2] for r in rows], [group_ids.setdefault(r[3], len(group_ids)) for r in rows])
+    samples = [(role, c, [a] * len(c.ids) if steps is None else token_credit(a, steps, k).tolist())
+               for (role, c, _, _, steps, k), a, kept in zip(rows, advantages.tolist(),
+                                                             keep.tolist()) if kept and c.ids]
+    rewards = {role: [r[2] for r in rows if r[0] == role] for role in roles.ROLES}
+    return samples, rewards
 
-    Returns (probs, log p of the targets, logsumexp); `probs` is `buf` (one [chunk, V]
-    buffer, reused across chunks so a CPU run does not fault fresh pages every chunk).
+
+def alpha_schedule(step, total, floor):
+    """The verifier's weight in the solver's reward: 1 at step 0, linearly down to `floor` at
+    step `total`, then flat; the self-judge alone never decides the reward."""
+    if total <= 0:
+        return floor
+    return 1.0 - (1.0 - floor) * min(max(step / total, 0.0), 1.0)
+
+
+def revision_gain(original_correct, revised_correct):
+    """AvR's refinement-aware reward: correct(revision) - correct(original), in {-1, 0, 1}.
+    Unknown correctness (None) counts as incorrect."""
+    return int(bool(revised_correct)) - int(bool(original_correct))
+
+
+def critique_rewards(gains_per_critique):
+    """A critique's reward is the mean gain of the revisions made from it (0 if none)."""
+    return [sum(g) / len(g) if len(g) else 0.0 for g in gains_per_critique]
+
+
+def near_duplicate(texts, threshold=0.8, n=3):
+    """Mark every text whose character n-grams (lower case, punctuation and runs of blanks to one
+    space) have Jaccard similarity >= threshold with those of an EARLIER text of the batch."""
+    grams = [_char_ngrams(t, n) for t in texts]
+    marks = []
+    for i, g in enumerate(grams):
+        marks.append(any(len(g & h) / max(len(g | h), 1) >= threshold for h in grams[:i]))
+    return marks
+
+
+def duplicate_posings(problems, families, threshold=0.8):
+    """Mark valid posings (problem text; None if invalid) that repeat an earlier one, exactly or
+    nearly. The lines every posing of a family shares (its template) are left out of the
+    comparison, or all instances of a family would look alike."""
+    shared = {}
+    for p, f in zip(problems, families):
+        if p is not None:
+            lines = set(p.split("\n"))
+            shared[f] = shared[f] & lines if f in shared else lines
+    keys = [f"<invalid {i}>" if p is None else
+            "\n".join(line for line in p.split("\n") if line not in shared[f])
+            for i, (p, f) in enumerate(zip(problems, families))]
+    near, seen, marked = near_duplicate(keys, threshold), set(), []
+    for p, n in zip(problems, near):
+        marked.append(p is not None and (n or p in seen))
+        seen.add(p)
+    return marked
+
+
+def _normalise_text(text):
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _char_ngrams(text, n):
+    text = _normalise_text(text)
+    if len(text) <= n:
+        return {text}
+    return {text[i:i + n] for i in range(len(text) - n + 1)}
+
+# ---------------------------------------------------------------------------------------
+# 2. Advantages and token credit
+# ---------------------------------------------------------------------------------------
+
+
+def group_advantages(rewards, group_ids, eps=1e-6):
+    """A = (r - mean_group) / (std_group + eps), the population std. A group whose rewards are
+    all equal carries no signal: advantage 0, dropped. Returns (advantages float64, keep bool)."""
+    rewards = torch.as_tensor(rewards, dtype=torch.float64)
+    group_ids = torch.as_tensor(group_ids)
+    advantages = torch.zeros_like(rewards)
+    keep = torch.zeros(rewards.shape, dtype=torch.bool)
+    for g in torch.unique(group_ids):
+        members = group_ids == g
+        r = rewards[members]
+        if r.max() == r.min():
+            continue
+        advantages[members] = (r - r.mean()) / (r.std(unbiased=False) + eps)
+        keep[members] = True
+    return advantages, keep
+
+
+def token_credit(advantage, step_of_token, flagged_step):
+    """Per-token coefficients of one solution: its advantage on every token, except that a
+    negative advantage with the judge's pointer at step k (1-based) spares the steps before k,
+    which the judge accepted: the blame lands where the error starts."""
+    steps = torch.as_tensor(step_of_token)
+    credit = torch.full(steps.shape, float(advantage), dtype=torch.float64)
+    if advantage < 0 and flagged_step is not None:
+        credit[steps < flagged_step] = 0.0
+    return credit
+
+# ---------------------------------------------------------------------------------------
+# 3. The fused loss
+# ---------------------------------------------------------------------------------------
+
+
+def fused_loss(hidden, weight, targets, coef, mode="pg", *, old_logp=None, ref_logp=None,
+               clip_eps=0.2, kl_coef=0.0, seq_id=None, n_seq=None, beta=0.1, normalizer=None,
+               chunk_size=1024, mask=None):
+    """The one loss every role trains through, without ever holding [N, V] logits.
+
+    hidden [N,H]: the hidden states that predict `targets` [N]; weight [V,H]: the whole lm_head
+    weight (unsharded under FSDP2); coef [N]: per-token coefficients; mask [N]: the tokens that
+    count for the KL and the default normalizer (default coef != 0).
+      "pg":  l_t = -min(r_t c_t, clip(r_t, 1-eps, 1+eps) c_t) + kl_coef mask_t k3_t, with
+             r_t = exp(log p_t - old_logp_t) (default old_logp: log p itself, so r = 1) and
+             k3_t the KL estimator to ref_logp;
+      "nll": l_t = -c_t log p_t;   both: L = sum_t l_t / normalizer (default mask.sum();
+             under data parallelism pass the global token count);
+      "dpo": sequences 2p (chosen) and 2p+1 (rejected) of seq_id form pair p; L = sum_p
+             -logsigmoid(beta (S_2p - S_2p+1)) / normalizer (default: the pairs), S the
+             coef-weighted sum of log p - ref_logp of a sequence (one extra chunked pass).
+    float64 stays float64; float32 and half types compute in float32. Returns (loss, stats:
+    entropy, logp, tokens, and clip_frac, kl ("pg") or dpo_margin, dpo_accuracy ("dpo")).
     """
-    logits = torch.mm(h, w.t(), out=buf)
-    row_max = logits.amax(dim=1, keepdim=True)
-    target_logit = logits.gather(1, y[:, None]).squeeze(1)
-    probs = logits.sub_(row_max).exp_()
-    total = probs.sum(dim=1, keepdim=True)
-    probs.div_(total)
-    lse = (row_max + total.log()).squeeze(1)
-    return probs, target_logit - lse, lse
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden [N,H] and weight [V,H] expected, got {tuple(hidden.shape)} "
+                         f"and {tuple(weight.shape)}")
+    mask = (coef != 0) if mask is None else mask.bool()
+    if mode == "dpo":
+        if seq_id is None or ref_logp is None:
+            raise ValueError("mode='dpo' needs seq_id and ref_logp")
+        n_seq = int(seq_id.max()) + 1 if n_seq is None else n_seq
+    elif normalizer is None:
+        normalizer = mask.sum().clamp(min=1)  # a tensor: no device sync
+    grad_on = torch.is_grad_enabled()
+    loss, stats = _FusedLoss.apply(
+        hidden, weight, targets, coef.detach(), mask, _detached(old_logp),
+        _detached(ref_logp), seq_id, n_seq, mode, clip_eps, kl_coef, beta, normalizer, chunk_size,
+        grad_on and hidden.requires_grad, grad_on and weight.requires_grad)
+    return loss, dict(zip(_stat_names(mode, ref_logp is not None), stats.unbind()))
 
 
-def _pg_terms(logp, coef, mask, old_logp, ref_logp, clip_eps, kl_coef):
-    """Per-token clipped surrogate (+ k3 KL): (loss_t, dloss_t/dlogp_t, clipped_t, kl_t).
-
-    l_t = -min(r c, clip(r, 1-eps, 1+eps) c) + kl_coef * mask_t * kl_t,  r = exp(logp - old).
-    The min follows the unclipped branch when r is inside the clip range (both branches
-    agree there) or when that branch is the smaller one; otherwise the clipped branch is a
-    constant and the token gets no policy gradient (it is "clipped").
-    k3 KL: kl_t = exp(ref - logp) - (ref - logp) - 1 >= 0, d kl_t/d logp = 1 - exp(ref - logp).
-    """
-    ratio = torch.exp(logp - old_logp)
-    clipped_ratio = ratio.clamp(1 - clip_eps, 1 + clip_eps)
-    unclipped, clipped = ratio * coef, clipped_ratio * coef
-    active = (ratio == clipped_ratio) | (unclipped < clipped)
-    loss = -torch.minimum(unclipped, clipped)
-    grad = -unclipped * active
-    kl = torch.zeros_like(logp)
-    if ref_logp is not None:
-        diff = ref_logp - logp
-        kl = diff.exp() - diff - 1
-        if kl_coef:
-            loss = loss + kl_coef * mask * kl
-            grad = grad + kl_coef * mask * (1 - diff.exp())
-    return loss, grad, ~active & (coef != 0), kl
-
-
-def _chunks(n, size):
-    return [(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def _logprobs(hidden, w, targets, spans, buf):
-    """log p of every target, chunk by chunk, in w's dtype (no gradients kept)."""
-    out = torch.empty(hidden.shape[0], dtype=w.dtype, device=w.device)
-    for a, b in spans:
-        _, out[a:b], _ = _chunk_softmax(hidden[a:b].to(w.dtype), w, targets[a:b], buf[: b - a])
-    return out
+def _detached(x):
+    return None if x is None else x.detach()
 
 
 @torch.no_grad()
 def token_logprobs(hidden, weight, targets, chunk_size=1024):
-    """log pi(target) of each token by the fused loss's own arithmetic (its dtype, its chunks), so
-    a log-prob recorded with it is the one `fused_loss` recomputes from the same forward: a
-    ratio pi_theta / pi_old starts at exactly 1, in bf16 too. hidden [N,H], weight [V,H]."""
+    """log pi(target) of each token by the fused loss's own arithmetic (dtype and chunks), so a
+    pi_old recorded with it makes the first ratio exactly 1, in bf16 too."""
     w = weight.to(_compute_dtype(torch.promote_types(hidden.dtype, weight.dtype)))
     n = hidden.shape[0]
     buf = torch.empty(min(chunk_size, max(n, 1)), w.shape[0], dtype=w.dtype, device=w.device)
@@ -200,24 +329,29 @@ class _FusedLoss(torch.autograd.Function):
         return (grad_h, grad_w) + (None,) * 15
 
 
-def _stat_names(mode, has_ref):
-    names = ["entropy", "logp", "tokens"]
-    if mode == "pg":
-        names += ["clip_frac"] + (["kl"] if has_ref else [])
-    if mode == "dpo":
-        names += ["dpo_margin", "dpo_accuracy"]
-    return names
+def _pg_terms(logp, coef, mask, old_logp, ref_logp, clip_eps, kl_coef):
+    """Per-token clipped surrogate (+ k3 KL): (loss_t, dloss_t/dlogp_t, clipped_t, kl_t). Where
+    the min takes the clipped branch it is a constant: no gradient ("clipped").
+    k3: kl_t = exp(ref - logp) - (ref - logp) - 1 >= 0, d kl_t/d logp = 1 - exp(ref - logp)."""
+    ratio = torch.exp(logp - old_logp)
+    clipped_ratio = ratio.clamp(1 - clip_eps, 1 + clip_eps)
+    unclipped, clipped = ratio * coef, clipped_ratio * coef
+    active = (ratio == clipped_ratio) | (unclipped < clipped)
+    loss = -torch.minimum(unclipped, clipped)
+    grad = -unclipped * active
+    kl = torch.zeros_like(logp)
+    if ref_logp is not None:
+        diff = ref_logp - logp
+        kl = diff.exp() - diff - 1
+        if kl_coef:
+            loss = loss + kl_coef * mask * kl
+            grad = grad + kl_coef * mask * (1 - diff.exp())
+    return loss, grad, ~active & (coef != 0), kl
 
 
 def _dpo_terms(logp, coef, ref_logp, seq_id, n_seq, beta, normalizer):
-    """Sequence-level DPO from per-token log-probs: (loss, dL/dlog p_t, stats).
-
-    Pairing convention: sequence ids 2p (chosen) and 2p+1 (rejected) form pair p; a token's
-    log-prob enters its sequence's sum weighted by coef_t (1 on completion tokens, 0 on
-    prompt tokens).  With S = sum_t c_t (log p_t - ref_t) per sequence and
-    z_p = beta (S_2p - S_2p+1):  L = sum_p -logsigmoid(z_p) / normalizer (default: the
-    number of pairs), and dL/dlog p_t = +-beta c_t (sigmoid(z_p) - 1) / normalizer.
-    """
+    """Sequence-level DPO: (loss, dL/dlog p_t, stats). With z_p = beta (S_2p - S_2p+1),
+    dL/dlog p_t = +-beta c_t (sigmoid(z_p) - 1) / normalizer (+ for the chosen sequence)."""
     if n_seq % 2:
         raise ValueError("mode='dpo' pairs sequences 2p (chosen) and 2p+1 (rejected): "
                          f"the number of sequences must be even, got {n_seq}")
@@ -233,211 +367,47 @@ def _dpo_terms(logp, coef, ref_logp, seq_id, n_seq, beta, normalizer):
     return loss, grad, stats
 
 
-def fused_loss(hidden, weight, targets, coef, mode="pg", *, old_logp=None, ref_logp=None,
-               clip_eps=0.2, kl_coef=0.0, seq_id=None, n_seq=None, beta=0.1, normalizer=None,
-               chunk_size=1024, mask=None):
-    """The one loss every role trains through, without ever holding [N, V] logits.
-
-    hidden [N,H]: last hidden states of the tokens that predict `targets` [N] (already
-    shifted); weight [V,H]: the full lm_head weight (may be tied to the embeddings; under
-    FSDP2 pass the unsharded tensor); coef [N]: per-token coefficients (0 masks a token).
-    mask [N] (optional, bool): the tokens that count for the KL term and the default
-    normalizer; default `coef != 0`.  Pass the completion mask when some completion
-    tokens carry coefficient 0 but should still be held to the reference by the KL.
-
-    mode "pg":  l_t = -min(r_t c_t, clip(r_t, 1-eps, 1+eps) c_t) + kl_coef mask_t kl_t
-                with r_t = exp(log p_t - old_logp_t) (old_logp default: log p detached, so
-                r = 1 on policy) and kl_t the k3 estimator to ref_logp (only if kl_coef).
-    mode "nll": l_t = -c_t log p_t (SFT, critique distillation; c_t a weight, usually 1).
-    Both: loss = sum_t l_t / normalizer (default: mask.sum(), at least 1; under data
-    parallel pass the global token count so ranks sum to the global mean).
-    mode "dpo": seq_id [N] puts tokens in sequences, sequences 2p (chosen) and 2p+1
-                (rejected) form pair p; loss = sum_p -logsigmoid(beta((S_w - R_w) -
-                (S_l - R_l))) / normalizer (default: the number of pairs), S and R the
-                coef-weighted sums of log p and ref_logp of each sequence; n_seq the number
-                of sequences (default seq_id.max() + 1, which reads a device value back to
-                the host).  Costs one extra chunked forward pass (the per-token gradient
-                needs the pair totals).
-
-    Precision: float64 stays float64; float32, bf16 and fp16 compute logits, softmax and
-    gradient accumulation in float32 (half weights are copied to float32 once per call).
-    Returns (loss scalar, stats dict of detached tensors: entropy, logp, tokens, and
-    clip_frac / kl for "pg", dpo_margin / dpo_accuracy for "dpo"; means over `mask`).
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"hidden [N,H] and weight [V,H] expected, got {tuple(hidden.shape)} "
-                         f"and {tuple(weight.shape)}")
-    mask = (coef != 0) if mask is None else mask.bool()
+def _stat_names(mode, has_ref):
+    names = ["entropy", "logp", "tokens"]
+    if mode == "pg":
+        names += ["clip_frac"] + (["kl"] if has_ref else [])
     if mode == "dpo":
-        if seq_id is None or ref_logp is None:
-            raise ValueError("mode='dpo' needs seq_id and ref_logp")
-        n_seq = int(seq_id.max()) + 1 if n_seq is None else n_seq
-    elif normalizer is None:
-        normalizer = mask.sum().clamp(min=1)  # a tensor: no device sync
-    grad_on = torch.is_grad_enabled()
-    loss, stats = _FusedLoss.apply(
-        hidden, weight, targets, coef.detach(), mask, _detached(old_logp),
-        _detached(ref_logp), seq_id, n_seq, mode, clip_eps, kl_coef, beta, normalizer, chunk_size,
-        grad_on and hidden.requires_grad, grad_on and weight.requires_grad)
-    return loss, dict(zip(_stat_names(mode, ref_logp is not None), stats.unbind()))
+        names += ["dpo_margin", "dpo_accuracy"]
+    return names
 
 
-def _detached(x):
-    return None if x is None else x.detach()
+def _chunk_softmax(h, w, y, buf):
+    """(softmax, log p of the targets, logsumexp) of one chunk's logits, computed in `buf` (one
+    [chunk, V] buffer reused by every chunk: a CPU run does not fault fresh pages each time)."""
+    logits = torch.mm(h, w.t(), out=buf)
+    row_max = logits.amax(dim=1, keepdim=True)
+    target_logit = logits.gather(1, y[:, None]).squeeze(1)
+    probs = logits.sub_(row_max).exp_()
+    total = probs.sum(dim=1, keepdim=True)
+    probs.div_(total)
+    lse = (row_max + total.log()).squeeze(1)
+    return probs, target_logit - lse, lse
 
 
-# ---------------------------------------------------------------------------------------
-# 2. Rewards per role, advantages, token credit
-# ---------------------------------------------------------------------------------------
-
-def _normalise_text(text):
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def _char_ngrams(text, n):
-    text = _normalise_text(text)
-    if len(text) <= n:
-        return {text}
-    return {text[i:i + n] for i in range(len(text) - n + 1)}
+def _logprobs(hidden, w, targets, spans, buf):
+    """log p of every target, chunk by chunk, in w's dtype (no gradients kept)."""
+    out = torch.empty(hidden.shape[0], dtype=w.dtype, device=w.device)
+    for a, b in spans:
+        _, out[a:b], _ = _chunk_softmax(hidden[a:b].to(w.dtype), w, targets[a:b], buf[: b - a])
+    return out
 
 
-def near_duplicate(texts, threshold=0.8, n=3):
-    """Mark every text that nearly repeats an EARLIER text of the batch (the first stays).
-
-    Texts are normalised (lower case, punctuation to spaces, whitespace collapsed) and
-    compared by the Jaccard similarity of their character n-gram sets; similarity >=
-    threshold is a near-duplicate.  Compared against every earlier text, duplicate or not.
-    """
-    grams = [_char_ngrams(t, n) for t in texts]
-    marks = []
-    for i, g in enumerate(grams):
-        marks.append(any(len(g & h) / max(len(g | h), 1) >= threshold for h in grams[:i]))
-    return marks
+def _chunks(n, size):
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def duplicate_posings(problems, families, threshold=0.8):
-    """Mark posings that repeat an earlier valid posing of the batch (exactly or nearly).
-
-    problems: the canonical problem text of each valid posing, None for invalid ones. Lines
-    shared by every posing of a family (its template: "Find a,b,c ... so that all hold:") are
-    removed before comparing, or every instance of a family would look like every other;
-    then `near_duplicate` on what is left. Exact repeats are always marked."""
-    shared = {}
-    for p, f in zip(problems, families):
-        if p is not None:
-            lines = set(p.split("\n"))
-            shared[f] = shared[f] & lines if f in shared else lines
-    keys = [f"<invalid {i}>" if p is None else
-            "\n".join(line for line in p.split("\n") if line not in shared[f])
-            for i, (p, f) in enumerate(zip(problems, families))]
-    near, seen, marked = near_duplicate(keys, threshold), set(), []
-    for p, n in zip(problems, near):
-        marked.append(p is not None and (n or p in seen))
-        seen.add(p)
-    return marked
-
-
-def poser_rewards(solve_rates, valid, duplicate, invalid_reward=-1.0, duplicate_reward=-1.0):
-    """Learnability reward of each posing.
-
-    valid posing with solve rate p: 1 - p if p > 0 else 0 (unsolved problems teach nothing,
-    always-solved ones neither); invalid (the environment refused it): -1; a valid
-    near-duplicate of an earlier posing in the batch: `duplicate_reward` (-1 by default,
-    as bad as an invalid posing: self-play posers collapse onto repeats otherwise).
-    solve_rates of invalid posings are ignored (may be None).
-    """
-    rewards = []
-    for p, ok, dup in zip(solve_rates, valid, duplicate):
-        if not ok:
-            rewards.append(invalid_reward)
-        elif dup:
-            rewards.append(duplicate_reward)
-        else:
-            rewards.append(1.0 - p if p > 0 else 0.0)
-    return rewards
-
-
-def alpha_schedule(step, total, floor):
-    """Weight of the verifier in the solver reward: 1 at step 0, linearly down to `floor`
-    at step `total`, then flat; it never lets the self-judge alone decide the reward."""
-    if total <= 0:
-        return floor
-    return 1.0 - (1.0 - floor) * min(max(step / total, 0.0), 1.0)
-
-
-def solver_rewards(verdicts, verified, alpha):
-    """The judge's verdict audited by the verifier: (1 - alpha) verdict + alpha verified.
-
-    verdict True/False/None (None: the judge's output was unparsable, scores 0);
-    verified True/False/None (None: no verifier for this task, the verdict alone counts).
-    """
-    rewards = []
-    for verdict, truth in zip(verdicts, verified):
-        v = 1.0 if verdict else 0.0
-        rewards.append(v if truth is None else (1 - alpha) * v + alpha * float(truth))
-    return rewards
-
-
-def judge_rewards(verdicts, verified, gains=None):
-    """Agreement of the judge's verdict with the verifier (1 or 0; unparsable verdict: 0), plus
-    the gain of the revision made from its critique (`gains`, 0 where nothing was revised).
-    Where no verifier exists (verified None) there is no reward: None, leave it out."""
-    gains = gains or [0.0] * len(verdicts)
-    return [None if truth is None else float(verdict is not None and verdict == truth) + gain
-            for verdict, truth, gain in zip(verdicts, verified, gains)]
-
-
-def revision_gain(original_correct, revised_correct):
-    """AvR's refinement-aware reward: correct(revision) - correct(original), in {-1, 0, 1}.
-    Unknown correctness (None) counts as incorrect."""
-    return int(bool(revised_correct)) - int(bool(original_correct))
-
-
-def critique_rewards(gains_per_critique):
-    """A critique's reward is the mean gain of the revisions made from it (0 if none)."""
-    return [sum(g) / len(g) if len(g) else 0.0 for g in gains_per_critique]
-
-
-def group_advantages(rewards, group_ids, eps=1e-6):
-    """A = (r - mean_group) / (std_group + eps), std the population std (unbiased=False).
-
-    A group whose rewards are all equal carries no learning signal (and would only add
-    noise): its advantages are 0 and its members are dropped.  Returns (advantages,
-    keep), float64 and bool tensors aligned with `rewards`.
-    """
-    rewards = torch.as_tensor(rewards, dtype=torch.float64)
-    group_ids = torch.as_tensor(group_ids)
-    advantages = torch.zeros_like(rewards)
-    keep = torch.zeros(rewards.shape, dtype=torch.bool)
-    for g in torch.unique(group_ids):
-        members = group_ids == g
-        r = rewards[members]
-        if r.max() == r.min():
-            continue
-        advantages[members] = (r - r.mean()) / (r.std(unbiased=False) + eps)
-        keep[members] = True
-    return advantages, keep
-
-
-def token_credit(advantage, step_of_token, flagged_step):
-    """Per-token coefficients of one completion from its scalar advantage and the judge's
-    pointer to the first wrong step (1-based; None when the judge flagged nothing).
-
-    advantage >= 0, or no pointer: the advantage on every token.  advantage < 0 with step k
-    flagged: tokens of the steps before k (which the judge accepted) get 0, tokens of steps
-    k and later take the negative advantage, so the blame lands where the error starts.
-    """
-    steps = torch.as_tensor(step_of_token)
-    credit = torch.full(steps.shape, float(advantage), dtype=torch.float64)
-    if advantage < 0 and flagged_step is not None:
-        credit[steps < flagged_step] = 0.0
-    return credit
+def _compute_dtype(dtype):
+    """float64 stays exact; float32 and the half types (bf16, fp16) compute in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ---------------------------------------------------------------------------------------
-# 3. Refinement: rounds, preference pairs, long refinement thoughts
+# 4. Refinement: rounds, preference pairs, long refinement thoughts
 # ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -470,13 +440,9 @@ class PreferencePair:
 
 
 def refinement_pairs(records):
-    """Preference pairs of alignment via refinement.
-
-    For every revision: revision over original when it fixed the answer (gain +1), original
-    over revision when it broke it (gain -1), no pair when nothing changed.  For every
-    solution with two or more critiques: the critique with the best mean gain over the one
-    with the worst, when those means differ (first one wins ties).
-    """
+    """Preference pairs of alignment via refinement: a revision over its original when it fixed
+    the answer (the reverse when it broke it); of two or more critiques of one solution, the one
+    of best mean gain over the worst, when they differ (the first wins ties)."""
     pairs = []
     for rec in records:
         for attempt in rec.attempts:
@@ -498,12 +464,9 @@ def refinement_pairs(records):
 
 
 def long_thought(solution, critiques_and_revisions, final):
-    """One "long refinement thought" NLL training text: the model refines inside one answer.
-
-    Format (lines): the first solution, then for every round a line `Critique:`, the
-    critique, a line `Revision:`, the revision; then a line `Final:` and `Answer: <final>`,
-    so the last `Answer:` line (the one the answer parser reads) is the final answer.
-    """
+    """A "long refinement thought" (NLL text; the model refines inside one answer): the first
+    solution, then per round `Critique:` / the critique / `Revision:` / the revision, then
+    `Final:` and `Answer: <final>`, the last Answer line, which the answer parser reads."""
     parts = [solution.rstrip("\n")]
     for critique, revision in critiques_and_revisions:
         parts += ["Critique:", critique.rstrip("\n"), "Revision:", revision.rstrip("\n")]
@@ -523,22 +486,13 @@ class Round:
 
 
 def refine_rounds(judge_fn, revise_fn, score_fn, problems, solutions, max_rounds):
-    """Rounds of critique -> revise over many chains at once, with one judge_fn and one
-    revise_fn call per round, so a model can batch each role.
-
-    Chain i starts at solutions[i], an answer to problems[i].  Each round judges the current
-    solution of every live chain.  A chain ends when its judge accepts (verdict True), after
-    `max_rounds` revisions, or when its last revision did not raise the score (a revision
-    that fixed nothing is not revised again); every other chain is revised from its critique
-    and the revision scored.
-
-    judge_fn(problems, solutions) -> [(critique, verdict)], verdict True / False / None;
-    revise_fn(problems, solutions, critiques) -> [solution];
-    score_fn(problem, solution) -> float.
-    Both are called exactly `max_rounds` times, with empty lists once no chain is live: under
-    FSDP every model call is a collective, so all ranks must make the same calls.
-    Returns one list of Rounds per chain, the original solution first.
-    """
+    """Chains of critique -> revise, all at once, one judge_fn and one revise_fn call per round
+    (a model batches each role). Chain i starts at solutions[i] and ends when its judge accepts,
+    after `max_rounds` revisions, or when a revision did not raise the score.
+    judge_fn(problems, solutions) -> [(critique, verdict)]; revise_fn(problems, solutions,
+    critiques) -> [solution]; score_fn(problem, solution) -> float. Both model calls happen
+    `max_rounds` times, empty once no chain is live: under FSDP each is a collective, so all
+    ranks make the same calls. Returns one list of Rounds per chain, the original first."""
     chains = [[Round(s, score_fn(p, s))] for p, s in zip(problems, solutions)]
     live = list(range(len(chains)))
     for _ in range(max_rounds):

@@ -1,7 +1,8 @@
 r"""The four roles of one model: pose, solve, judge, revise.
 
 One set of weights plays every role; the prompt alone says which. This file
-writes those prompts and reads back what the model wrote. It is pure Python.
+writes those prompts, reads back what the model wrote, and writes the demonstrations of
+each role that the warm-up trains on (from tasks.py's reference solver and teacher).
 
 Prompt formats (plain and short, sized for a tiny model; every prompt ends
 exactly where the model's output begins, on its role's marker):
@@ -49,6 +50,7 @@ anything off-format is None, which the caller scores as wrong or invalid.
 Run the tests: python -m pytest -q tests/test_roles.py
 """
 
+import random
 import re
 import unicodedata
 
@@ -238,3 +240,59 @@ def step_of_chars(text):
         steps += [step] * (m.end() - start)
         start, step = m.end(), step + 1
     return steps + [step] * (len(text) - start)
+
+
+CONTEXT = 4  # tokens of left context when decoding one token's characters
+
+
+def token_steps(tok, ids, text):
+    """1-based solution step (line of `text`, the decoded completion) of each completion token,
+    found from where the token's characters end; the stop token counts with the last step.
+
+    A token's characters are what it adds to the text of the few tokens before it. Decoded
+    alone, a SentencePiece token (Llama-2, Mistral, Gemma) loses its leading-space marker, and
+    every step boundary after it would move."""
+    char_steps = step_of_chars(text) or [1]
+    windows = [ids[max(0, i - CONTEXT):i + 1] for i in range(len(ids))]
+    texts = tok.batch_decode(windows + [w[:-1] for w in windows], skip_special_tokens=True)
+    steps, end = [], 0
+    for with_it, without in zip(texts[:len(ids)], texts[len(ids):]):
+        end += len(with_it) - len(without)
+        steps.append(char_steps[min(max(end - 1, 0), len(char_steps) - 1)])
+    return steps
+
+
+# ---------------------------------------------------------------- demonstrations
+
+DEMO_KINDS = ("solve", "judge", "revise", "pose", "text")  # "text": a raw document
+
+
+def demonstration_text(rng, family, level, kind):
+    """(prompt, completion) of one demonstration of `kind` (a role) on a fresh train task."""
+    task = tasks.sample(family, level, rng, "train")
+    if kind == "solve":
+        return solve_prompt(task.prompt), tasks.solve(task)
+    if kind == "judge":
+        solution = tasks.solve(task) if rng.random() < 0.5 else tasks.corrupt(task, rng)[0]
+        return (judge_prompt(task.prompt, task.answer, solution),
+                tasks.critique(task, solution))
+    if kind == "revise":
+        wrong = tasks.corrupt(task, rng)[0]
+        return (revise_prompt(task.prompt, wrong, tasks.critique(task, wrong)),
+                tasks.solve(task))
+    document = task.canonical if family == "corpus" else None
+    return pose_prompt(family, level, document), tasks.pose_text(task)
+
+
+def world_texts(seed, per_cell=60):
+    """Texts of every role, family and level, and raw documents: what the tiny tokenizer is
+    trained on (levels the demonstrations never show included: the vocabulary is not a
+    lesson)."""
+    rng = random.Random(f"tokenizer/{seed}")
+    texts = [tasks.document(rng, level) for level in tasks.LEVELS for _ in range(per_cell)]
+    for family in tasks.FAMILIES:
+        for level in tasks.LEVELS:
+            for kind in DEMO_KINDS[:4]:
+                texts += ["".join(demonstration_text(rng, family, level, kind))
+                          for _ in range(per_cell)]
+    return texts

@@ -1,55 +1,39 @@
 """train.py: every stage of the pipeline, single process or `torchrun` (FSDP2).
 
-    python train.py                          # tiny default into runs/tiny (2-core CPU, ~10 min)
+    python train.py                          # tiny default into runs/tiny (2-core CPU, ~6 min)
     python train.py --stage=alive --model=DIR --out=DIR [--steps=N --seed=N --resume ...]
     torchrun --nproc_per_node=8 train.py --stage=alive --model=/path/to/8B --out=runs/8b \
         --rl_lr=1e-6
 
 Stages (each reads a model directory and writes `<out>/model`, `<out>/metrics.jsonl`):
-  warmup   NLL on demonstrations of every role (levels 1-2 only): worked solutions, the
-           programmatic critic's critiques (the teacher the judge learns from), revisions,
-           posings; plus language modelling on the raw corpus.
-  alive    self-play. Per step, for B seeds: pose M instances (the environment validates
-           them and computes answers), solve each N times, judge every solution in words,
-           revise the ones the judge rejects; rewards per role from refine.py; one fused
-           clipped policy-gradient loss over all roles' tokens.
-  align    one meta-ability (--ability) with verifiable rewards: group-relative PG on exact
-           match over that family's environment tasks.
-  merge    the three aligned models through merge.py (task vectors).
-  domain   self-play (the alive loop) from the merged model.
-  refine   alignment via refinement: solve, then rounds of self-critique -> revise (two
-           chains per solution, up to --refine_rounds revisions); DPO on (better, worse of a
-           revision and what it revised) and (best, worst first critique by revision gain)
-           pairs, NLL on long refinement thoughts.
-  all      warmup, evaluate, alive, evaluate, print the before/after table.
-  compare  from one warm-up checkpoint, equal wall time each: alive, --reward=scalar, and an
-           SFT control (warm-up continued); evaluate all four on the same held-out items.
-  meta     from one warm-up checkpoint: align each meta-ability, merge them, domain RL from
-           the merge; evaluate all six on the same held-out items.
+  warmup   NLL on demonstrations of every role at levels 1-2 (roles.demonstration_text) and
+           on raw documents.
+  alive    self-play: per step B seeds, M posings each (validated by the environment), N
+           solutions per valid posing, every solution judged in words and revised if not
+           accepted; rewards per role from refine.py; one clipped policy-gradient loss.
+  align    one meta-ability (--ability), GRPO on exact match; merge: the three aligned models
+           as task vectors (merge.py); domain: self-play from the merge.
+  refine   alignment via refinement: chains of self-critique -> revise, DPO on (better, worse)
+           pairs, NLL on the long refinement thoughts of chains that fixed a solution.
+  all      warmup, alive, and the before/after table; compare: alive, --reward=scalar (plain
+           GRPO, no poser or judge) and an SFT control, equal wall time from one warm-up;
+           meta: align x3, merge, domain, from one warm-up.
 
---reward=scalar turns alive into the baseline: plain GRPO on exact match over environment
-tasks, no poser, no judge, no critique, no revision.
-
-The loss. Every sampled completion y gets per-token coefficients c_t (advantage times token
-credit, see refine.py), and L = -sum_t min(r_t c_t, clip(r_t) c_t) / T_global with
-r_t = pi_theta / pi_old. Under FSDP each rank divides by the global token count and the loss
-is scaled by the world size, since FSDP averages gradients over ranks.
+The loss: L = -sum_t min(r_t c_t, clip(r_t) c_t) / T_global, c_t a token's coefficient (its
+advantage times its credit, refine.py), r_t = pi_theta / pi_old; each rank divides by the
+global token count and scales by the world size, since FSDP averages gradients over ranks.
 
 Simplifications, stated plainly:
-  - one optimizer step per rollout batch, so pi_old = pi_theta at the step and r_t = 1
-    (the clip only acts if you raise `ppo_epochs`; pi_old is then recomputed by the trainer's
-    own forward, not taken from the sampler, whose bf16 logits differ); the KL of `kl_coef`
-    is to that same pi_old, so it too acts only from the second epoch on;
-  - a seed none of whose M posings is valid is solved on an environment task of the same
-    family and level (the poser still gets -1), so the other roles learn while it learns;
-  - p_hat (the poser's solve rate) and the revision's correctness come from the verifier,
-    which exists for every task family here; the judge's verdict enters the solver's reward
-    with weight 1 - alpha, alpha annealed from 1 to `alpha_floor` over `alpha_steps`;
-  - the judge's reward is agreement with the verifier plus the mean gain of the revisions
-    made from its critique; a revision is trained in its own (critique-conditioned) prompt,
-    never moved to the solve prompt;
-  - DPO in `refine` uses the sampling policy as its reference model (no second copy);
-  - every step's randomness derives from (seed, step, rank), so a resumed run repeats the
+  - one optimizer step per rollout batch, so r_t = 1 and the clip acts only with ppo_epochs > 1
+    (pi_old is then the trainer's own forward, not the sampler's bf16 log-probs); the KL of
+    kl_coef is to that pi_old, so it too acts only from the second epoch. At 8B the options that
+    matter are rl_lr, the batch sizes and max_new_tokens; ppo_epochs and kl_coef are for
+    experiments;
+  - p_hat and a revision's correctness come from the verifier, which every family here has;
+    the judge's verdict enters the solver's reward with weight 1 - alpha;
+  - a revision is trained in its own critique-conditioned prompt, never moved to the solve one;
+  - DPO in `refine` uses the sampling policy as its reference (no second copy);
+  - every step's randomness derives from (seed, step, rank): a resumed run repeats the
     uninterrupted one exactly on CPU.
 """
 import dataclasses
@@ -167,9 +151,9 @@ def parse_args(argv):
         sys.exit("train.py: --demo_levels and --demo_mix take comma-separated numbers")
     if not set(levels) <= set(tasks.LEVELS):
         sys.exit(f"train.py: --demo_levels={cfg.demo_levels!r}; levels are {tasks.LEVELS}")
-    if len(mix) != len(DEMO_KINDS) or min(mix) < 0 or sum(mix) <= 0:
-        sys.exit(f"train.py: --demo_mix={cfg.demo_mix!r} needs {len(DEMO_KINDS)} weights >= 0, "
-                 f"not all 0, for {','.join(DEMO_KINDS)}")
+    if len(mix) != len(roles.DEMO_KINDS) or min(mix) < 0 or sum(mix) <= 0:
+        sys.exit(f"train.py: --demo_mix={cfg.demo_mix!r} needs {len(roles.DEMO_KINDS)} weights >= 0, "
+                 f"not all 0, for {','.join(roles.DEMO_KINDS)}")
     if cfg.corpus:
         try:
             CORPUS[cfg.corpus] = tasks.load_corpus(cfg.corpus)
@@ -277,22 +261,16 @@ def finish_step(policy, optimizer, cfg, totals):
             "skipped": int(skipped), "tokens": n, "clip_frac": clipped / max(n, 1)}
 
 
-def rendered(tok, prompt, cfg):
-    return M.encode(tok, [roles.render(tok, prompt, cfg.hints)])[0]
-
-
 def nll_sample(tok, role, prompt, completion, cfg):
     ids = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    return Sample(role, rendered(tok, prompt, cfg), ids, [1.0] * len(ids))
+    return Sample(role, M.encode(tok, [roles.render(tok, prompt, cfg.hints)])[0], ids,
+                  [1.0] * len(ids))
 
 
 # ----------------------------------------------------------------------------- warm-up
 
-DEMO_KINDS = ("solve", "judge", "revise", "pose", "text")
-
-
 def demo_settings(cfg):
-    """(levels, weight of each of DEMO_KINDS) from --demo_levels and --demo_mix."""
+    """(levels, weight of each of roles.DEMO_KINDS) from --demo_levels and --demo_mix."""
     return ([int(x) for x in cfg.demo_levels.split(",")],
             [float(x) for x in cfg.demo_mix.split(",")])
 
@@ -301,41 +279,10 @@ def demonstration(rng, tok, cfg, levels, mix):
     """One NLL example of a random role on a task of one of `levels` (1-2 by default; corpus text
     for language modelling), the role drawn with the weights `mix`."""
     family, level = rng.choice(cfg.families.split(",")), rng.choice(levels)
-    kind = rng.choices(DEMO_KINDS, mix)[0]
+    kind = rng.choices(roles.DEMO_KINDS, mix)[0]
     if kind == "text":
         return nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)
-    return nll_sample(tok, kind, *demonstration_text(rng, family, level, kind), cfg)
-
-
-def demonstration_text(rng, family, level, kind):
-    """(prompt, completion) of one demonstration of `kind` (a role) on a fresh train task."""
-    task = tasks.sample(family, level, rng, "train")
-    if kind == "solve":
-        return roles.solve_prompt(task.prompt), tasks.solve(task)
-    if kind == "judge":
-        solution = tasks.solve(task) if rng.random() < 0.5 else tasks.corrupt(task, rng)[0]
-        return (roles.judge_prompt(task.prompt, task.answer, solution),
-                tasks.critique(task, solution))
-    if kind == "revise":
-        wrong = tasks.corrupt(task, rng)[0]
-        return (roles.revise_prompt(task.prompt, wrong, tasks.critique(task, wrong)),
-                tasks.solve(task))
-    document = task.canonical if family == "corpus" else None
-    return roles.pose_prompt(family, level, document), tasks.pose_text(task)
-
-
-def world_texts(seed, per_cell=60):
-    """Texts of every role, family and level, and raw documents: what the tiny tokenizer is
-    trained on (levels the demonstrations never show included: the vocabulary is not a
-    lesson)."""
-    rng = random.Random(f"tokenizer/{seed}")
-    texts = [tasks.document(rng, level) for level in tasks.LEVELS for _ in range(per_cell)]
-    for family in tasks.FAMILIES:
-        for level in tasks.LEVELS:
-            for kind in DEMO_KINDS[:4]:
-                texts += ["".join(demonstration_text(rng, family, level, kind))
-                          for _ in range(per_cell)]
-    return texts
+    return nll_sample(tok, kind, *roles.demonstration_text(rng, family, level, kind), cfg)
 
 
 def raw_document(rng, cfg):
@@ -361,7 +308,7 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
     rng, _ = step_randomness(cfg, step, rank)
     levels, mix = demo_settings(cfg)
     if step < cfg.judge_first:  # judging is learned late and abruptly (tests/bench_judge.py)
-        mix = [float(kind == "judge") for kind in DEMO_KINDS]
+        mix = [float(kind == "judge") for kind in roles.DEMO_KINDS]
     samples = [demonstration(rng, tok, cfg, levels, mix)
                for _ in range(max(1, cfg.batch // M.world()))]
     metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
@@ -370,40 +317,11 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
 
 # ----------------------------------------------------------------------------- self-play
 
-CONTEXT = 4  # tokens of left context when decoding one token's characters
-
-
-def token_steps(tok, ids, text):
-    """1-based solution step (line of `text`, the decoded completion) of each completion token,
-    found from where the token's characters end; the stop token counts with the last step.
-
-    A token's characters are what it adds to the text of the few tokens before it. Decoded
-    alone, a SentencePiece token (Llama-2, Mistral, Gemma) loses its leading-space marker, and
-    every step boundary after it would move."""
-    char_steps = roles.step_of_chars(text) or [1]
-    windows = [ids[max(0, i - CONTEXT):i + 1] for i in range(len(ids))]
-    texts = tok.batch_decode(windows + [w[:-1] for w in windows], skip_special_tokens=True)
-    steps, end = [], 0
-    for with_it, without in zip(texts[:len(ids)], texts[len(ids):]):
-        end += len(with_it) - len(without)
-        steps.append(char_steps[min(max(end - 1, 0), len(char_steps) - 1)])
-    return steps
-
-
 def sample_texts(policy, tok, prompts, cfg, gen):
     with M.gathered_for_rollout(policy):
         return M.complete(policy, tok, [roles.render(tok, p, cfg.hints) for p in prompts],
                           cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen,
                           batch_size=max(cfg.micro_batch, 64))
-
-
-def rl_samples(role, completions, advantages, keep, credits=None):
-    out = []
-    for j, (c, a, k) in enumerate(zip(completions, advantages, keep)):
-        if k and c.ids:
-            coef = credits[j] if credits else [float(a)] * len(c.ids)
-            out.append(Sample(role, c.prompt_ids, c.ids, coef))
-    return out
 
 
 def seed_plan(rng, cfg, curriculum):
@@ -428,87 +346,76 @@ def scalar_rollouts(policy, tok, cfg, plan, rng, gen):
     adv, keep = R.group_advantages(correct, owner)
     stats = {"reward/solve": correct, "acc/solve": correct}
     solved = [(task_list[i].family, task_list[i].level, c) for i, c in zip(owner, correct)]
-    return rl_samples("solve", sols, adv, keep), stats, solved, []
+    samples = [Sample("solve", s.prompt_ids, s.ids, [a] * len(s.ids))
+               for s, a, k in zip(sols, adv.tolist(), keep.tolist()) if k and s.ids]
+    return samples, stats, solved, []
 
 
 def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
-    """Pose -> validate -> solve -> judge -> revise, then rewards, advantages and credit."""
+    """Pose -> validate -> solve -> judge -> revise, recorded in one refine.Posing per posing;
+    refine.self_play_samples turns the records into rewards, advantages and token credit."""
     # 1. pose: M posings per seed; the environment decides validity and computes the answer
     docs = [tasks.document(rng, lvl) if f == "corpus" else None for f, lvl in plan]
     seeds = [i for i in range(len(plan)) for _ in range(cfg.posings)]
     poses = sample_texts(policy, tok, [roles.pose_prompt(*plan[i], docs[i]) for i in seeds],
                          cfg, gen)
-    posed = [tasks.validate(plan[i][0], roles.parse_pose(p.text) or "", plan[i][1], docs[i],
-                            split="train")
-             for i, p in zip(seeds, poses)]
-    valid = [isinstance(t, tasks.Task) for t in posed]
-    # 2. solve: N solutions per problem. A seed none of whose posings is valid is solved on an
-    #    environment task of its family and level, so solver, judge and reviser keep learning
-    #    while the poser is still learning to pose.
-    problems = [t for t in posed if isinstance(t, tasks.Task)]
-    posing_of = [k for k, ok in enumerate(valid) if ok]  # problem index -> its posing
+    posings = []
+    for i, pose in zip(seeds, poses):
+        task = tasks.validate(plan[i][0], roles.parse_pose(pose.text) or "", plan[i][1], docs[i],
+                              split="train")
+        posings.append(R.Posing(plan[i][0], pose, task if isinstance(task, tasks.Task) else None))
+    posed = [p for p in posings if p.task is not None]
+    for p, dup in zip(posed, R.duplicate_posings([p.task.prompt for p in posed],
+                                                 [p.family for p in posed])):
+        p.duplicate = dup
+    # A seed none of whose posings is valid is solved on an environment task of its family and
+    # level, so solver, judge and reviser keep learning while the poser learns to pose.
     for i, (family, level) in enumerate(plan):
-        if not any(valid[k] for k, seed in enumerate(seeds) if seed == i):
-            problems.append(tasks.sample(family, level, rng, "train"))
-    owner = [p for p in range(len(problems)) for _ in range(cfg.solutions)]
-    sols = sample_texts(policy, tok, [roles.solve_prompt(problems[p].prompt) for p in owner],
-                        cfg, gen)
-    truth = [evaluation.score(problems[p], s.text) for p, s in zip(owner, sols)]
-    # 3. judge every solution in words, with the reference answer in view
-    judge_prompts = [roles.judge_prompt(problems[p].prompt, problems[p].answer, s.text)
-                     for p, s in zip(owner, sols)]
-    judgements = sample_texts(policy, tok, judge_prompts, cfg, gen)
-    verdicts = [roles.parse_verdict(j.text) for j in judgements]
+        if all(p.task is None for p, seed in zip(posings, seeds) if seed == i):
+            posings.append(R.Posing(family, task=tasks.sample(family, level, rng, "train")))
+    problems = [p for p in posings if p.task is not None]
+    # 2. solve: N solutions per problem; 3. judge each in words, the reference answer in view
+    each = [p for p in problems for _ in range(cfg.solutions)]
+    sols = sample_texts(policy, tok, [roles.solve_prompt(p.task.prompt) for p in each], cfg, gen)
+    critiques = sample_texts(policy, tok, [roles.judge_prompt(p.task.prompt, p.task.answer, s.text)
+                                           for p, s in zip(each, sols)], cfg, gen)
+    for p, s, c in zip(each, sols, critiques):
+        p.solutions.append(s)
+        p.correct.append(float(evaluation.score(p.task, s.text)))
+        p.steps.append(roles.token_steps(tok, s.ids, s.text))
+        p.critiques.append(c)
+        p.verdicts.append(roles.parse_verdict(c.text))
+        p.pointers.append(roles.parse_pointer(c.text))
+        p.revisions.append(None)
+        p.gains.append(0.0)
     # 4. revise what the judge did not accept, conditioned on its critique
-    redo = [j for j, v in enumerate(verdicts) if v is not True]
-    revisions = sample_texts(policy, tok, [roles.revise_prompt(problems[owner[j]].prompt,
-                                                               sols[j].text, judgements[j].text)
-                                           for j in redo], cfg, gen)
-    gains = [R.revision_gain(truth[j], evaluation.score(problems[owner[j]], r.text))
-             for j, r in zip(redo, revisions)]
-    # 5. rewards per role
-    rates = [0.0] * len(posed)  # p_hat of each posing: its solutions' verified solve rate
-    for p, t in zip(owner, truth):
-        if p < len(posing_of):
-            rates[posing_of[p]] += t / cfg.solutions
-    families = [plan[i][0] for i in seeds]
-    dup = R.duplicate_posings([t.prompt if ok else None for t, ok in zip(posed, valid)], families)
-    pose_r = R.poser_rewards(rates, valid, dup)
+    redo = [(p, j) for p in problems for j, v in enumerate(p.verdicts) if v is not True]
+    revisions = sample_texts(policy, tok, [roles.revise_prompt(p.task.prompt, p.solutions[j].text,
+                                                               p.critiques[j].text)
+                                           for p, j in redo], cfg, gen)
+    for (p, j), r in zip(redo, revisions):
+        p.revisions[j] = r
+        p.gains[j] = float(R.revision_gain(p.correct[j], evaluation.score(p.task, r.text)))
+    # 5. rewards, advantages and credit of every role
     alpha = R.alpha_schedule(step, cfg.alpha_steps, cfg.alpha_floor)
-    solve_r = R.solver_rewards(verdicts, truth, alpha)
-    critique_gain = [0.0] * len(sols)  # a critique feeds one revision: its mean gain is that one
-    for j, g in zip(redo, gains):
-        critique_gain[j] = g
-    judge_r = R.judge_rewards(verdicts, truth, critique_gain)
-    # 6. group-normalised advantages; token credit from the judge's pointer. Posers are compared
-    #    with every poser of their family in the batch: within one seed all are often invalid
-    #    (no spread, no signal) early on.
-    pose_a, pose_k = R.group_advantages(pose_r, [tasks.FAMILIES.index(f) for f in families])
-    solve_a, solve_k = R.group_advantages(solve_r, owner)
-    judge_a, judge_k = R.group_advantages(judge_r, owner)
-    rev_a, rev_k = R.group_advantages(gains, [owner[j] for j in redo])
-    credits = [R.token_credit(float(a), token_steps(tok, s.ids, s.text),
-                              roles.parse_pointer(j.text))
-               for a, s, j in zip(solve_a, sols, judgements)]
-    samples = (rl_samples("pose", poses, pose_a, pose_k)
-               + rl_samples("solve", sols, solve_a, solve_k, [list(map(float, c)) for c in credits])
-               + rl_samples("judge", judgements, judge_a, judge_k)
-               + rl_samples("revise", revisions, rev_a, rev_k))
-    stats = {"reward/pose": pose_r, "reward/solve": solve_r, "reward/judge": judge_r,
-             "reward/revise": gains, "acc/solve": [float(t) for t in truth],
-             "pose_validity": [float(v) for v in valid],
-             "judge_agreement": R.judge_rewards(verdicts, truth)}
-    solved = [(problems[p].family, problems[p].level, float(t)) for p, t in zip(owner, truth)]
+    trained, rewards = R.self_play_samples(posings, alpha)
+    samples = [Sample(role, c.prompt_ids, c.ids, coef) for role, c, coef in trained]
+    stats = {**{f"reward/{role}": r for role, r in rewards.items()},
+             "acc/solve": [c for p in problems for c in p.correct],
+             "pose_validity": [float(p.task is not None) for p in posings if p.pose is not None],
+             "judge_agreement": [float(v is not None and v == bool(c))
+                                 for p in problems for v, c in zip(p.verdicts, p.correct)]}
+    solved = [(p.task.family, p.task.level, c) for p in problems for c in p.correct]
     # one whole rollout for samples.jsonl: the first posing, and the first problem (that
     # posing's if it was valid) with its solutions, critiques and revisions
-    revised = {j: (r.text, g) for j, r, g in zip(redo, revisions, gains)}
-    shown = [{"pose": poses[0].text, "valid": valid[0], "problem": problems[0].prompt,
-              "answer": problems[0].answer,
-              "solutions": [{"text": sols[j].text, "correct": truth[j],
-                             "critique": judgements[j].text, "verdict": verdicts[j],
-                             "revision": revised.get(j, (None, None))[0],
-                             "revision_gain": revised.get(j, (None, None))[1]}
-                            for j in range(len(sols)) if owner[j] == 0]}]
+    first = problems[0]
+    shown = [{"pose": posings[0].pose.text, "valid": posings[0].task is not None,
+              "problem": first.task.prompt, "answer": first.task.answer,
+              "solutions": [{"text": s.text, "correct": c, "critique": k.text, "verdict": v,
+                             "revision": r and r.text, "revision_gain": g if r else None}
+                            for s, c, k, v, r, g in zip(first.solutions, first.correct,
+                                                        first.critiques, first.verdicts,
+                                                        first.revisions, first.gains)]}]
     return samples, stats, solved, shown
 
 
@@ -669,7 +576,7 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
         M.barrier()
         if not os.path.isdir(state_dir):
             raise SystemExit(f"train.py: --resume but no checkpoint in {state_dir}")
-        meta = M.load_state(policy, optimizer, state_dir)
+        meta = merging.load_state(policy, optimizer, state_dir)
         start, state = meta["step"], meta["state"]
     metrics_path = os.path.join(out, "metrics.jsonl")
     samples_path = os.path.join(out, "samples.jsonl")
@@ -678,8 +585,7 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
         truncate_log(samples_path, start)
         span = f"from step {start} for {deadline - time.time():.0f} s" if deadline else \
             f"steps {start}..{steps}"
-        print(f"[{stage}] {model_dir} -> {out}: {span}, ranks {M.world()}, "
-              f"per-step batch: " + batch_figures(cfg, stage), flush=True)
+        print(f"[{stage}] {model_dir} -> {out}: {span}, ranks {M.world()}", flush=True)
     # a deadline run has no step count to show (tqdm reads len() of the range unless total=inf)
     bar = tqdm(range(start, steps), disable=not M.is_main(), desc=stage, dynamic_ncols=True,
                total=float("inf") if deadline else steps - start)
@@ -700,12 +606,12 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
             bar.set_postfix({k: round(v, 3) for k, v in metrics.items()
                              if k in ("loss", "acc/solve", "judge_agreement") and v is not None})
         if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
-            M.save_state(policy, optimizer, state_dir, {"step": step + 1, "state": state})
+            merging.save_state(policy, optimizer, state_dir, {"step": step + 1, "state": state})
         # every rank must stop at the same step: the clock decides on rank 0's word (max)
         if deadline is not None and M.all_reduce([time.time() > deadline], "max")[0]:
-            M.save_state(policy, optimizer, state_dir, {"step": step + 1, "state": state})
+            merging.save_state(policy, optimizer, state_dir, {"step": step + 1, "state": state})
             break
-    M.save_hf(policy, tok, os.path.join(out, "model"))
+    merging.save_hf(policy, tok, os.path.join(out, "model"))
     del policy, optimizer
     gc.collect()  # FSDP2 modules sit in reference cycles: free this stage's memory for the next
     if device.type == "cuda":
@@ -721,19 +627,6 @@ def lr_factor(cfg, stage, step, steps):
     if stage != "warmup" or steps is None:
         return warm
     return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
-
-
-def batch_figures(cfg, stage):
-    if stage in ("warmup", "sft"):
-        return f"{cfg.batch} demonstrations"
-    if stage == "refine":
-        return (f"{cfg.seeds * cfg.posings} tasks x 1 solution x 2 critique chains of up to "
-                f"{cfg.refine_rounds} revisions")
-    if cfg.reward == "scalar" or stage == "align":
-        return f"{cfg.seeds * cfg.posings} tasks x {cfg.solutions} solutions"
-    most = cfg.seeds * cfg.posings * (1 + 3 * cfg.solutions)
-    return (f"{cfg.seeds} seeds x {cfg.posings} posings x {cfg.solutions} solutions, each judged "
-            f"and revised if rejected: up to {most} rollouts")
 
 
 def append_json(path, obj):
@@ -763,7 +656,7 @@ def base_model(cfg):
         return cfg.model
     path = os.path.join(cfg.out, "init")
     if M.is_main() and not os.path.isdir(path):
-        M.build_tiny(path, world_texts(cfg.seed), hidden_size=cfg.tiny_hidden,
+        M.build_tiny(path, roles.world_texts(cfg.seed), hidden_size=cfg.tiny_hidden,
                      num_layers=cfg.tiny_layers, num_heads=cfg.tiny_heads,
                      num_kv_heads=cfg.tiny_heads, intermediate_size=3 * cfg.tiny_hidden,
                      seed=cfg.seed)
@@ -781,20 +674,16 @@ def evaluate_dir(model_dir, out_json, cfg, n):
     return report
 
 
-def stage_steps(cfg, default):
-    return cfg.steps or default
-
-
 def run(cfg):
     if cfg.stage == "merge":
         return merge_stage(cfg)
     rank, world_size, device = M.setup_distributed()
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world_size))
     torch.manual_seed(cfg.seed)
-    rl = stage_steps(cfg, cfg.rl_steps)
+    rl = cfg.steps or cfg.rl_steps
     if cfg.stage == "warmup":
         return run_stage(cfg, "warmup", base_model(cfg), cfg.out,
-                         stage_steps(cfg, cfg.warmup_steps), warmup_step, cfg.lr)
+                         cfg.steps or cfg.warmup_steps, warmup_step, cfg.lr)
     if cfg.stage in ("alive", "domain"):
         return run_stage(cfg, cfg.stage, base_model(cfg), cfg.out, rl, rl_step, cfg.rl_lr)
     if cfg.stage == "align":
@@ -802,7 +691,7 @@ def run(cfg):
         return run_stage(cfg, "align", base_model(cfg), cfg.out, rl, rl_step, cfg.rl_lr)
     if cfg.stage == "refine":
         return run_stage(cfg, "refine", base_model(cfg), cfg.out,
-                         stage_steps(cfg, cfg.refine_steps), refine_step, cfg.rl_lr)
+                         cfg.steps or cfg.refine_steps, refine_step, cfg.rl_lr)
     if cfg.stage == "compare":
         return compare(cfg)
     if cfg.stage == "meta":
@@ -841,7 +730,7 @@ def run_all(cfg):
     warm = run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
                      cfg.warmup_steps, warmup_step, cfg.lr)
     alive = run_stage(cfg, "alive", warm, os.path.join(cfg.out, "alive"),
-                      stage_steps(cfg, cfg.rl_steps), rl_step, cfg.rl_lr)
+                      cfg.steps or cfg.rl_steps, rl_step, cfg.rl_lr)
     if not only_main_goes_on():
         return alive
     reports = {name: evaluate_dir(path, os.path.join(cfg.out, f"eval_{name}.json"), cfg, cfg.eval_n)
@@ -901,7 +790,7 @@ def meta(cfg):
     """Meta-ability alignment from one warm-up: align each of deduction, induction and abduction
     (`rl_steps` each), merge the three (`merge_method`), domain self-play from the merge."""
     warm = shared_warmup(cfg)
-    steps = stage_steps(cfg, cfg.rl_steps)
+    steps = cfg.steps or cfg.rl_steps
     arms = {"warmup": warm}
     for ability in tasks.FAMILIES[:3]:
         arms[ability] = run_stage(dataclasses.replace(cfg, families=ability, reward="scalar"),

@@ -12,6 +12,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+import merge as merging
 import model as M
 
 out_dir = sys.argv[1]
@@ -56,15 +57,15 @@ with M.gathered_for_rollout(policy):
     rollout = M.generate(policy, prompts, 12, [tok.eos_token_id], tok.pad_token_id, temperature=0)
 
 state_dir = os.path.join(out_dir, f"state_world{world}")
-M.save_state(policy, opt, state_dir, {"step": 1})
-M.save_hf(policy, tok, os.path.join(out_dir, f"export_world{world}"))
+merging.save_state(policy, opt, state_dir, {"step": 1})
+merging.save_hf(policy, tok, os.path.join(out_dir, f"export_world{world}"))
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 full = get_model_state_dict(policy.lm, options=StateDictOptions(full_state_dict=True,
                                                                  cpu_offload=world > 1))
 with torch.no_grad():  # spoil the weights, then the saved state must bring them back
     for p in policy.parameters():
         p.mul_(0.5)
-assert M.load_state(policy, opt, state_dir) == {"step": 1}
+assert merging.load_state(policy, opt, state_dir) == {"step": 1}
 again = get_model_state_dict(policy.lm, options=StateDictOptions(full_state_dict=True,
                                                                   cpu_offload=world > 1))
 if rank == 0:

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+import merge as merging
 import model as M
 import refine as R
 import roles
@@ -163,7 +164,7 @@ def test_merge_runs_outside_any_process_group(tiny, tmp_path, monkeypatch):
         raise AssertionError("merge must not start a process group")
     monkeypatch.setattr(M, "setup_distributed", no_group)
     for ability in ("deduction", "induction", "abduction"):
-        M.save_hf(M.load(tiny)[0], M.load_tokenizer(tiny), str(tmp_path / f"align_{ability}" / "model"))
+        merging.save_hf(M.load(tiny)[0], M.load_tokenizer(tiny), str(tmp_path / f"align_{ability}" / "model"))
     args = [f"--model={tiny}", f"--out={tmp_path}/merged", "--stage=merge"]
     monkeypatch.setenv("RANK", "1")
     train.run(train.parse_args(args))
@@ -383,7 +384,7 @@ def test_token_steps_follow_the_text_with_a_sentencepiece_tokenizer():
     assert sum(len(tok.decode([i])) for i in ids) < len(text)
     line_of = roles.step_of_chars(text)
     truth = [line_of[end - 1] for _, end in enc["offset_mapping"]]
-    assert train.token_steps(tok, ids + [tok.eos_token_id], text) == truth + [3]
+    assert roles.token_steps(tok, ids + [tok.eos_token_id], text) == truth + [3]
     assert truth[0] == 1 and truth[-1] == 3 and 2 in truth
 
 
@@ -448,7 +449,7 @@ def test_export_keeps_the_checkpoint_dtype(tmp_path):
     M.save_pretrained_atomic(lm, M.load_tokenizer(path), path)
     policy, tok = M.load(path)
     assert next(policy.parameters()).dtype == torch.float32
-    M.save_hf(policy, tok, str(tmp_path / "export"))
+    merging.save_hf(policy, tok, str(tmp_path / "export"))
     with open(tmp_path / "export" / "config.json") as f:
         assert json.load(f)["dtype"] == "bfloat16"
     with safe_open(str(tmp_path / "export" / "model.safetensors"), "pt") as f:

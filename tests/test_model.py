@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import merge as merging
 import model as M
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def test_save_load_identical_logits(tiny, tmp_path):
     policy, tok = M.load(tiny)
     ids = torch.tensor(M.encode(tok, ["<s>hello world"]))
     before = policy.lm(input_ids=ids).logits
-    M.save_hf(policy, tok, str(tmp_path / "again"))
+    merging.save_hf(policy, tok, str(tmp_path / "again"))
     again, tok2 = M.load(str(tmp_path / "again"))
     assert torch.equal(before, again.lm(input_ids=ids).logits)
     assert tok2.chat_template == M.TINY_CHAT_TEMPLATE
@@ -57,8 +58,8 @@ def test_load_missing_path_names_it(tmp_path):
 def test_tiny_tokenizer_keeps_words_whole_and_spells_numbers():
     """Trained on the world's texts: every frequent word is one token, a number is its digits,
     any ASCII text round-trips, and pieces never cross a word boundary."""
-    import train
-    texts = train.world_texts(0, per_cell=10)
+    import roles
+    texts = roles.world_texts(0, per_cell=10)
     tok = M.build_tiny_tokenizer(texts)
     assert tok.tokenize("Eve has 27 cups.") == ["Eve", " has", " ", "2", "7", " cups", "."]
     assert tok.tokenize("27+4=31") == ["2", "7", "+", "4", "=", "3", "1"]
@@ -150,14 +151,14 @@ def test_training_state_round_trip(tiny, tmp_path):
               labels=torch.tensor([[1, 5, 6, 7]])).loss.backward()
     opt.step()
     torch.manual_seed(123)
-    M.save_state(policy, opt, str(tmp_path / "state"), {"step": 7})
+    merging.save_state(policy, opt, str(tmp_path / "state"), {"step": 7})
     expected_draw = torch.rand(3)
     params = {k: v.clone() for k, v in policy.state_dict().items()}
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(1.0)
     opt.state.clear()
-    meta = M.load_state(policy, opt, str(tmp_path / "state"))
+    meta = merging.load_state(policy, opt, str(tmp_path / "state"))
     assert meta == {"step": 7}
     for k, v in policy.state_dict().items():
         assert torch.equal(v, params[k]), k

@@ -9,17 +9,9 @@ import refine
 import pytest
 import torch
 
-from refine import (Attempt, RefinementRecord, alpha_schedule, critique_rewards,
-                    group_advantages, judge_rewards, long_thought, near_duplicate, poser_rewards,
-                    refine_rounds, refinement_pairs, revision_gain,
-                    solver_rewards, token_credit)
-
-
-def test_poser_rewards_learnability_invalid_and_duplicates():
-    rewards = poser_rewards([0.25, 0.0, 1.0, None, 0.5], [True, True, True, False, True],
-                            [False, False, False, False, True])
-    assert rewards == [0.75, 0.0, 0.0, -1.0, -1.0]
-    assert poser_rewards([0.5], [True], [True], duplicate_reward=-0.5) == [-0.5]
+from refine import (Attempt, Posing, RefinementRecord, alpha_schedule, critique_rewards,
+                    group_advantages, long_thought, near_duplicate, refine_rounds,
+                    refinement_pairs, revision_gain, self_play_samples, token_credit)
 
 
 def test_near_duplicate_marks_only_later_repeats():
@@ -32,21 +24,56 @@ def test_near_duplicate_marks_only_later_repeats():
     assert near_duplicate(["abcdef", "abcdxy"], threshold=0.5) == [False, False]
 
 
-def test_solver_rewards_and_alpha_schedule():
-    rewards = solver_rewards([True, False, None, True, None], [False, True, True, None, None], 0.25)
-    assert rewards == pytest.approx([0.75, 0.25, 0.25, 1.0, 0.0])
+class Said:
+    """A stand-in completion: only its token ids matter to the samples."""
+    def __init__(self, n):
+        self.ids = list(range(n))
+
+
+def posing(correct, verdicts, pointers=None, gains=None, revised=None, family="deduction",
+           pose=True, valid=True, duplicate=False):
+    n = len(correct)
+    return Posing(family, Said(2) if pose else None, object() if valid else None, duplicate,
+                  [Said(3) for _ in correct], correct, [Said(1) for _ in correct], verdicts,
+                  pointers or [None] * n, [[1, 2, 3]] * n,
+                  [Said(2) if r else None for r in (revised or [False] * n)], gains or [0.0] * n)
+
+
+def test_every_roles_reward_follows_its_equation():
+    alpha = 0.25
+    p = posing([1.0, 0.0, 0.0, 1.0], [True, True, None, False], gains=[0.0, 1.0, -1.0, 0.0],
+               revised=[False, True, True, True])
+    _, rewards = self_play_samples([p, posing([], [], valid=False),
+                                    posing([1.0], [True], duplicate=True),
+                                    posing([1.0, 1.0], [True, True])], alpha)
+    # poser: 1 - p_hat (p_hat 0.5); invalid -1; duplicate -1; always solved 0
+    assert rewards["pose"] == [0.5, -1.0, -1.0, 0.0]
+    # solver: (1 - alpha) [verdict correct] + alpha [verified]
+    assert rewards["solve"][:4] == pytest.approx([1.0, 0.75, 0.0, 0.25])
+    # judge: agreement with the verifier (unparsable: 0) + its critique's revision gain
+    assert rewards["judge"][:4] == [1.0, 1.0, -1.0, 0.0]
+    assert rewards["revise"] == [1.0, -1.0, 0.0]  # only the revised solutions
+
+
+def test_samples_take_group_advantages_and_token_credit():
+    p = posing([1.0, 0.0], [True, False], pointers=[None, 2])
+    samples, _ = self_play_samples([p], alpha=1.0)
+    solve = [coef for role, _, coef in samples if role == "solve"]
+    # rewards 1 and 0 in one group: advantages +1 and -1 (population std 0.5)
+    assert solve[0] == pytest.approx([1.0] * 3, rel=1e-5)
+    assert solve[1] == pytest.approx([0.0, -1.0, -1.0], rel=1e-5)  # step 1 spared, blame from step 2
+    assert [role for role, _, _ in samples].count("pose") == 0  # a lone poser has no group
+    # posers are compared within their family across the batch
+    two = [posing([1.0, 0.0], [True, False]), posing([1.0, 1.0], [True, True])]
+    pose = [coef for role, _, coef in self_play_samples(two, 1.0)[0] if role == "pose"]
+    assert pose == [pytest.approx([1.0, 1.0], rel=1e-5), pytest.approx([-1.0, -1.0], rel=1e-5)]
+
+
+def test_alpha_schedule():
     assert alpha_schedule(0, 100, 0.2) == 1.0
     assert alpha_schedule(50, 100, 0.2) == pytest.approx(0.6)
     assert alpha_schedule(100, 100, 0.2) == pytest.approx(0.2)
     assert alpha_schedule(500, 100, 0.2) == pytest.approx(0.2)
-
-
-def test_judge_rewards_agreement():
-    assert judge_rewards([True, False, None, True, None], [True, True, False, False, None]) == \
-        [1.0, 0.0, 0.0, 0.0, None]
-    # plus the gain of the revision its critique led to (agreement 0 + fixed it = 1)
-    assert judge_rewards([False, False, True], [False, True, True], [1, -1, 0]) == \
-        [2.0, -1.0, 1.0]
 
 
 def test_revision_gain_and_critique_rewards():

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import merge as merging
 import model as M
 import refine as R
 import roles
@@ -187,7 +188,7 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
         if s.coef[0] > 0:
             assert min(s.coef) > 0  # a correct solution: all tokens pushed up
         else:  # a wrong one: accepted steps keep 0, the flagged step on is pushed down
-            steps = train.token_steps(tok, s.ids, text)
+            steps = roles.token_steps(tok, s.ids, text)
             flagged = min(st for st, c in zip(steps, s.coef) if c < 0)
             assert all(c == 0 for st, c in zip(steps, s.coef) if st < flagged)
             assert all(c < 0 for st, c in zip(steps, s.coef) if st >= flagged)
@@ -242,7 +243,7 @@ def test_resume_repeats_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
     """A crash after step 2 was logged but before its checkpoint: the resumed run redoes
     step 2, its logs hold each step once, and it ends with the uninterrupted run's weights."""
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    save_state = M.save_state
+    save_state = merging.save_state
 
     def crash_saving_step_3(policy, optimizer, path, meta):
         if meta["step"] == 3:
@@ -250,10 +251,10 @@ def test_resume_repeats_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
         return save_state(policy, optimizer, path, meta)
     for stage in ("warmup", "alive"):
         run(f"--stage={stage}", f"--model={tiny}", f"--out={straight}/{stage}", "--steps=4")
-        monkeypatch.setattr(M, "save_state", crash_saving_step_3)
+        monkeypatch.setattr(merging, "save_state", crash_saving_step_3)
         with pytest.raises(RuntimeError, match="simulated crash"):
             run(f"--stage={stage}", f"--model={tiny}", f"--out={resumed}/{stage}", "--steps=4")
-        monkeypatch.setattr(M, "save_state", save_state)
+        monkeypatch.setattr(merging, "save_state", save_state)
         assert [x["step"] for x in lines(f"{resumed}/{stage}/metrics.jsonl")] == [0, 1, 2]
         run(f"--stage={stage}", f"--model={tiny}", f"--out={resumed}/{stage}", "--steps=4",
             "--resume")
