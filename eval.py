@@ -1,73 +1,37 @@
 r"""Evaluation: how well one model solves, judges, corrects itself and poses, on held-out items.
 
-Every metric runs the model through the same role prompts as training (roles.py) and scores
-what it wrote with the environment (tasks.py), never with the model's own opinion. The model
-enters only as a `generate_fn(prompts, temperature) -> texts`: plain role prompts in
-(roles.solve_prompt etc., not yet rendered), completion texts out, temperature 0 = greedy.
-`model_generate_fn` builds one from a policy (it renders, batches and seeds the sampler); the
-tests pass scripted doubles instead.
+The model enters only as `generate_fn(role prompts, temperature) -> texts` (temperature 0 is
+greedy; `model_generate_fn` wraps a policy, tests pass doubles), prompted as in training
+(roles.py); the environment (tasks.py), never the model's opinion, scores what it wrote.
+`held_out` draws split="eval" items evenly over families x levels, each cell from an rng seeded
+by (seed, family, level), level-major round-robin: every model gets the same items and any
+prefix (a smaller n; judge and self-correction) covers every cell. A repeat within a cell is
+redrawn up to REDRAWS times (small cells may keep some; `distinct` counts).
 
-Held-out items. `held_out(families, levels, n, seed)` draws `tasks.sample(..., split="eval")`
-items (never seen in training), spread evenly over families x levels, each cell from its own
-rng seeded by (seed, family, level): the same seed gives the same items to every model, and a
-smaller n gives a prefix of the same cells. Within a cell a repeated problem is redrawn a few
-times (small cells, like induction level 1, may still hold repeats; `distinct` reports it).
-Items come level-major round-robin, so any prefix (used by judge and self-correction) is
-spread over every cell too.
+Item i gives x_i in [0, 1]; over n items p = (1/n) sum_i x_i, se = sqrt(sum_i (x_i - p)^2) / n
+(0/1 values: sqrt(p (1 - p) / n)), overall, per family, level and cell ("family/level"):
+  accuracy         x_i = 1 if the greedy `Answer:` line passes tasks.check (contract `accuracy`)
+  pass@j at T      k = `samples` draws, c_i right: x_i = 1 - C(k - c_i, j) / C(k, j), j in (1, k)
+  judge agreement  greedy verdict (none counts 0) on the reference solution (truth: correct) and
+                   its tasks.corrupt one-step corruption (incorrect); means per class
+                   `on_correct` / `on_incorrect`, the latter split into `on_wrong_answer` (the
+                   Answer line) / `on_wrong_step` (an earlier slip carried on); `names_the_step`:
+                   the critique's parse_pointer hits the slipped step
+  self-correction  on n_judge items the model judges its greedy s (with the reference answer)
+                   and, unless its verdict is "correct", revises s given its critique:
+                   wrong_to_right = #(s wrong, final right) / n, right_to_wrong likewise, `net` =
+                   after - before accuracy; `verdict_agreement`: its verdict vs tasks.check
+  posing           n_pose pose prompts at T: validity = share parse_pose reads and tasks.validate
+                   accepts (contract `pose_validity`), distinct valid / valid, greedy solve_rate
+With `data=FILE` (JSONL {"question", "answer"}) accuracy and self-correction use its items; judge
+and posing keep the held-out items. n_judge=0 / n_pose=0 skip them (null, listed in `skipped`).
 
-Metrics. Each item i gives a value x_i in [0, 1]; over n items we report
-    mean  p  = (1/n) sum_i x_i
-    se       = sqrt( (1/n) sum_i (x_i - p)^2 / n )     (for 0/1 values: sqrt(p (1 - p) / n))
-overall, per family, per level and per family x level ("cell", keys "family/level").
-  accuracy (greedy)  x_i = 1 if the `Answer:` line of the greedy solution passes tasks.check.
-                     The contract key `accuracy` holds these means ({"overall", <family>...}).
-  pass@j at T        k = `samples` draws per item at `temperature`, c_i of them correct;
-                     x_i = 1 - C(k - c_i, j) / C(k, j), the unbiased estimate of "one of j draws
-                     is correct", for j in (1, k). pass@1 = c_i / k: the accuracy of one draw.
-  judge agreement    for each of n_judge items two judge prompts (problem, reference answer,
-                     solution): the reference solution (truth: correct) and tasks.corrupt's
-                     one-step corruption of it (truth: incorrect); greedy critique;
-                     x = 1 if parse_verdict equals the truth (no verdict counts as 0).
-                     `on_correct` / `on_incorrect`: the mean within each class, so a judge that
-                     always says "correct" scores 1.0 / 0.0 and agreement 0.5. The incorrect
-                     ones split into `on_wrong_answer` (the slip is a miscopied Answer line)
-                     and `on_wrong_step` (an earlier step, the slip carried on to the
-                     answer); `names_the_step` = share of them whose critique points
-                     (parse_pointer) at the slipped step.
-  self-correction    on n_judge items: s = the greedy solution, then the model judges s (judge
-                     prompt with the reference answer, as in training); unless its verdict is
-                     "correct" it revises s given its own critique, and the final answer is the
-                     revision's (else s's). Over all n_judge items:
-                         wrong_to_right = #(s wrong, final right) / n
-                         right_to_wrong = #(s right, final wrong) / n
-                     so accuracy after - before = wrong_to_right - right_to_wrong (`net`;
-                     `net_change` is its mean_se over the per-item changes in {-1, 0, 1}).
-                     `verdict_agreement`: its verdict on its own s against tasks.check.
-  posing             n_pose pose prompts spread over families x levels (corpus: with a fresh
-                     tasks.document), sampled at `temperature`.
-                         validity   = share where parse_pose reads a posing and
-                                      tasks.validate returns a Task (contract: pose_validity)
-                         distinct   = distinct valid problems / valid ones
-                         solve_rate = greedy accuracy on the valid posings (None if none)
-
-Data sets. With `data=FILE` (JSONL {"question", "answer"}, tasks.load_eval_set), accuracy and
-self-correction use that file's items (family "jsonl", level 0; the first n if n is given).
-Free-form items have no reference solutions to corrupt and no validator for posings, so judge
-agreement and posing still use the task families' held-out items; `n_judge=0` / `n_pose=0`
-skip them (their figures are then null and named in `skipped`).
-
-Cost, in generations: n greedy + n * samples sampled solutions, 2 n_judge judgements, up to
-3 n_judge self-correction calls (its solutions are the greedy ones, reused), 2 n_pose posing
-calls. Defaults: n = 600, samples = 4, n_judge = 200, n_pose = 100.
-
-Run:
-    python eval.py --model=DIR --out=FILE.json [--families deduction induction] [--levels 3 4 5]
-        [--n=600] [--data=FILE.jsonl] [--samples=4] [--temperature=0.8] [--seed=0]
-        [--n_judge=200] [--n_pose=100] [--max_new_tokens=256] [--batch_size=64] [--hints]
-    python eval.py --plot=RUN_DIR          (RUN_DIR/metrics.jsonl -> RUN_DIR/curves.png)
-The JSON is written atomically; a table goes to stdout, progress to stderr. Under FSDP,
-call `evaluate` inside `model.gathered_for_rollout(policy)` on every rank.
-Tests: python -m pytest -q tests/test_eval.py
+Run: python eval.py --model=DIR --out=FILE.json [--families deduction induction] [--levels 3 4]
+         [--n=600] [--data=FILE.jsonl] [--samples=4] [--temperature=0.8] [--seed=0] [--hints]
+         [--n_judge=200] [--n_pose=100] [--max_new_tokens=256] [--batch_size=64]
+     python eval.py --plot=RUN_DIR          (RUN_DIR/metrics.jsonl -> RUN_DIR/curves.png)
+JSON is written atomically, a table to stdout, progress to stderr. Under FSDP, call `evaluate`
+inside `model.gathered_for_rollout(policy)` on every rank. Tests: pytest -q tests/test_eval.py
 """
 import argparse
 import collections
@@ -87,17 +51,13 @@ import tasks
 
 DEFAULT_N = 600
 REDRAWS = 10  # tries for a problem not yet in its cell before a repeat is accepted
-# learning curves drawn by --plot when present (plus any other reward/* and acc/* key)
 CURVES = ("reward/pose", "reward/solve", "reward/judge", "reward/revise", "acc/solve",
-          "judge_agreement", "pose_validity", "loss", "entropy")
+          "judge_agreement", "pose_validity", "loss", "entropy")  # plus other reward/*, acc/*
 NO_MATPLOTLIB = "matplotlib is not installed, so no curves were drawn (pip install matplotlib)"
 
 
-# ----------------------------------------------------------------------------- the model
-
 def load_for_eval(path):
-    """(policy, tokenizer) of a model directory, whole and in eval mode: on the GPU in bf16 when
-    there is one, else on the CPU in fp32."""
+    """(policy, tokenizer) in eval mode: bf16 on the GPU when there is one, else fp32 on the CPU."""
     cuda = torch.cuda.is_available()
     policy, tokenizer = model.load(path, dtype=torch.bfloat16 if cuda else torch.float32,
                                    device="cuda" if cuda else "cpu")
@@ -106,21 +66,16 @@ def load_for_eval(path):
 
 def model_generate_fn(policy, tokenizer, max_new_tokens=256, batch_size=64, seed=0, hints=False,
                       top_p=1.0):
-    """generate_fn for a loaded model: render each role prompt, decode, return the texts.
-    Temperature 0 is greedy; sampling draws from one (CPU) torch.Generator seeded once, so a
-    run is reproducible."""
+    """generate_fn of a loaded model; one CPU Generator seeded once makes sampling reproducible."""
     generator = torch.Generator().manual_seed(seed)
 
     def generate_fn(prompts, temperature):
         rendered = [roles.render(tokenizer, p, hints=hints) for p in prompts]
-        done = model.complete(policy, tokenizer, rendered, max_new_tokens, temperature=temperature,
-                              top_p=top_p, generator=generator, batch_size=batch_size)
-        return [c.text for c in done]
-
+        return [c.text for c in model.complete(policy, tokenizer, rendered, max_new_tokens,
+                                               temperature=temperature, top_p=top_p,
+                                               generator=generator, batch_size=batch_size)]
     return generate_fn
 
-
-# ----------------------------------------------------------------------------- items and statistics
 
 def cells_of(families, levels):
     """(family, level) cells, level-major, so a round-robin prefix covers every family early."""
@@ -168,7 +123,7 @@ def mean_se(values):
 
 def breakdown(values, keys):
     """mean_se overall, per family, per level and per cell; keys[i] = (family, level) of item i."""
-    out = {"overall": mean_se(values), "family": {}, "level": {}, "cell": {}}
+    out = {"overall": mean_se(values)}
     for name, key in (("family", lambda f, lv: f), ("level", lambda f, lv: str(lv)),
                       ("cell", lambda f, lv: f"{f}/{lv}")):
         groups = collections.defaultdict(list)
@@ -194,8 +149,6 @@ def score(task, text):
     answer = roles.parse_answer(text)
     return float(answer is not None and tasks.check(task, answer))
 
-
-# ----------------------------------------------------------------------------- the metrics
 
 def solver_metrics(generate_fn, items, samples, temperature):
     """Greedy accuracy and pass@j at temperature; also the greedy texts and scores for reuse."""
@@ -224,11 +177,10 @@ def judge_metrics(generate_fn, items, seed):
     texts = generate_fn([roles.judge_prompt(t.prompt, t.answer, s) for t, s, _, _ in cases], 0.0)
     verdicts = [roles.parse_verdict(x) for x in texts]
     agree = [float(v is not None and v == truth) for v, (_, _, truth, _) in zip(verdicts, cases)]
-    keys = [(t.family, t.level) for t, _, _, _ in cases]
-    # Where the slip is: the Answer line itself, or an earlier step whose error carried on.
+    # the slip is in the Answer line itself, or in an earlier step whose error carried on
     slips = [(a, step == len(s.split("\n")), roles.parse_pointer(x) == step)
              for a, (_, s, truth, step), x in zip(agree, cases, texts) if not truth]
-    return {"agreement": breakdown(agree, keys),
+    return {"agreement": breakdown(agree, [(t.family, t.level) for t, _, _, _ in cases]),
             "on_correct": mean_se([a for a, (_, _, truth, _) in zip(agree, cases) if truth]),
             "on_incorrect": mean_se([a for a, _, _ in slips]),
             "on_wrong_answer": mean_se([a for a, in_answer, _ in slips if in_answer]),
@@ -249,10 +201,9 @@ def self_correction_metrics(generate_fn, items, solutions, before):
     after = list(before)
     for i, text in zip(redo, revisions):
         after[i] = score(items[i], text)
-    n = len(items)
+    n, wrong = len(items), sum(1 for b in before if not b)
     w2r = sum(1 for b, a in zip(before, after) if not b and a)
     r2w = sum(1 for b, a in zip(before, after) if b and not a)
-    wrong = sum(1 for b in before if not b)
     return {"wrong_to_right": w2r / n, "right_to_wrong": r2w / n, "net": (w2r - r2w) / n,
             "n": n, "count_wrong_to_right": w2r, "count_right_to_wrong": r2w,
             "wrong_to_right_given_wrong": w2r / wrong if wrong else None,
@@ -267,17 +218,12 @@ def pose_metrics(generate_fn, families, levels, n_pose, seed, temperature):
     """Share of valid posings (environment decides), how many distinct, and the solve rate."""
     rng = random.Random(f"alive-eval-pose:{seed}")
     cells = cells_of(families, levels)
-    asks = []  # (family, level, document)
-    for i in range(n_pose):
-        family, level = cells[i % len(cells)]
-        asks.append((family, level, tasks.document(rng, level, "eval") if family == "corpus"
-                     else None))
+    asks = [(f, lv, tasks.document(rng, lv, "eval") if f == "corpus" else None)
+            for f, lv in (cells[i % len(cells)] for i in range(n_pose))]
     texts = generate_fn([roles.pose_prompt(f, lv, doc) for f, lv, doc in asks], temperature)
-    results = []
-    for (family, level, doc), text in zip(asks, texts):
-        posed = roles.parse_pose(text)
-        results.append(tasks.validate(family, posed, level, document=doc) if posed is not None
-                       else "no posing could be read")
+    results = [tasks.validate(f, posed, lv, document=doc) if posed is not None
+               else "no posing could be read"
+               for (f, lv, doc), posed in zip(asks, map(roles.parse_pose, texts))]
     valid = [r for r in results if isinstance(r, tasks.Task)]
     solved = generate_fn([roles.solve_prompt(t.prompt) for t in valid], 0.0) if valid else []
     reasons = collections.Counter(r for r in results if isinstance(r, str))
@@ -290,33 +236,29 @@ def pose_metrics(generate_fn, families, levels, n_pose, seed, temperature):
 
 def evaluate(generate_fn, families=tasks.FAMILIES, levels=tasks.LEVELS, n=None, seed=0, samples=4,
              temperature=0.8, data=None, n_judge=200, n_pose=100, log=None):
-    """Every metric of the module docstring as one JSON-able dict (contract keys on top).
-
-    n: held-out solver items (None: 600; with data, every item of it). data: a JSONL path or a
-    list of Tasks. log: called with one progress line per phase (None: silent)."""
+    """Every metric of the module docstring as one JSON-able dict (contract keys on top). n: solver
+    items (None: 600, or all of data); data: a JSONL path or Tasks; log: gets a line per phase."""
     families, levels = tuple(families), tuple(levels)
     check_cells(families, levels)
     if (n is not None and n < 1) or samples < 0 or n_judge < 0 or n_pose < 0 or temperature < 0:
         raise ValueError("need n >= 1 and samples, n_judge, n_pose, temperature >= 0")
     log = log or (lambda line: None)
-    clock, seconds = time.time(), {}
+    clock, seconds = [time.time()], {}
 
     def lap(name):
-        nonlocal clock
-        seconds[name] = round(time.time() - clock, 2)
-        clock = time.time()
+        clock.append(time.time())
+        seconds[name] = round(clock[-1] - clock[-2], 2)
         log(f"{name}: {seconds[name]:.1f} s")
-
+    is_path = isinstance(data, (str, os.PathLike))
     if data is None:
         items = held_out(families, levels, n or DEFAULT_N, seed)
     else:
-        items = tasks.load_eval_set(data) if isinstance(data, (str, os.PathLike)) else list(data)
-        items = items[:n] if n else items
+        items = (tasks.load_eval_set(data) if is_path else list(data))[:n]
     lap("items")
     solver, greedy, correct = solver_metrics(generate_fn, items, samples, temperature)
     lap(f"solve ({len(items)} greedy + {len(items) * samples} sampled)")
-
-    skipped, judge, fixes, pose = [], None, None, None
+    skipped = ["judge", "self_correction"] * (not n_judge) + ["pose"] * (not n_pose)
+    judge = fixes = pose = None
     if n_judge:
         judged = items[:n_judge] if data is None else held_out(families, levels, n_judge, seed)
         judge = judge_metrics(generate_fn, judged, seed)
@@ -324,55 +266,44 @@ def evaluate(generate_fn, families=tasks.FAMILIES, levels=tasks.LEVELS, n=None, 
         k = min(n_judge, len(items))
         fixes = self_correction_metrics(generate_fn, items[:k], greedy[:k], correct[:k])
         lap(f"self-correction ({k} items)")
-    else:
-        skipped += ["judge", "self_correction"]
     if n_pose:
         pose = pose_metrics(generate_fn, families, levels, n_pose, seed, temperature)
         lap(f"pose ({n_pose} posings)")
-    else:
-        skipped.append("pose")
-
-    greedy_table = solver["greedy"]
+    table = solver["greedy"]
     return {
-        "n": len(items),
-        "accuracy": means(greedy_table),
-        "accuracy_se": {"overall": greedy_table["overall"]["se"],
-                        **{f: s["se"] for f, s in greedy_table["family"].items()}},
-        "accuracy_by_level": {lv: s["mean"] for lv, s in greedy_table["level"].items()},
-        "accuracy_by_level_se": {lv: s["se"] for lv, s in greedy_table["level"].items()},
+        "n": len(items), "accuracy": means(table),
+        "accuracy_se": {"overall": table["overall"]["se"],
+                        **{f: s["se"] for f, s in table["family"].items()}},
+        "accuracy_by_level": {lv: s["mean"] for lv, s in table["level"].items()},
+        "accuracy_by_level_se": {lv: s["se"] for lv, s in table["level"].items()},
         "judge_agreement": judge["agreement"]["overall"]["mean"] if judge else None,
         "self_correction": fixes or {"wrong_to_right": None, "right_to_wrong": None},
         "pose_validity": pose["validity"]["overall"]["mean"] if pose else None,
-        "greedy": greedy_table,
-        "sampled": solver["sampled"],
-        "judge": judge,
-        "pose": pose,
-        "distinct": len({t.prompt for t in items}),
-        "skipped": skipped,
+        "greedy": table, "sampled": solver["sampled"], "judge": judge, "pose": pose,
+        "distinct": len({t.prompt for t in items}), "skipped": skipped,
         "config": {"families": list(families), "levels": list(levels), "seed": seed,
                    "samples": samples, "temperature": temperature, "n_judge": n_judge,
-                   "n_pose": n_pose, "data": str(data) if isinstance(data, (str, os.PathLike)) else
-                   (None if data is None else "in-memory")},
-        "seconds": seconds,
-    }
+                   "n_pose": n_pose, "data": str(data) if is_path else
+                   None if data is None else "in-memory"},
+        "seconds": seconds}
 
-
-# ----------------------------------------------------------------------------- the table
 
 def _cell(stat):
+    """'mean±se' of a {"mean", "se"} cell, '0.123' of a number, '-' where there is none."""
+    if isinstance(stat, (int, float)):
+        return f"{stat:.3f}"
     return "-" if not stat or stat["mean"] is None else f"{stat['mean']:.3f}±{stat['se']:.3f}"
 
 
 def grid(table, title):
     """Rows = levels, columns = families, with the overall row and column."""
     families = list(table["family"])
-    rows = [title, "level  " + "".join(f"{f:>15}" for f in families) + f"{'all':>15}"]
-    for lv in table["level"]:
-        cells = [table["cell"].get(f"{f}/{lv}") for f in families] + [table["level"][lv]]
-        rows.append(f"{lv:<7}" + "".join(f"{_cell(c):>15}" for c in cells))
-    rows.append(f"{'all':<7}" + "".join(f"{_cell(table['family'][f]):>15}" for f in families)
-                + f"{_cell(table['overall']):>15}")
-    return "\n".join(rows)
+    rows = [[table["cell"].get(f"{f}/{lv}") for f in families] + [table["level"][lv]]
+            for lv in table["level"]]
+    rows.append([table["family"][f] for f in families] + [table["overall"]])
+    return "\n".join([title, "level  " + "".join(f"{f:>15}" for f in families + ["all"])]
+                     + [f"{label:<7}" + "".join(f"{_cell(c):>15}" for c in row)
+                        for label, row in zip([*table["level"], "all"], rows)])
 
 
 def pooled(stats):
@@ -389,27 +320,24 @@ def comparison_table(reports):
     """A markdown table with one column per evaluated model (`{name: evaluate(...)}`)."""
     names = list(reports)
     levels = sorted({lv for r in reports.values() for lv in r["greedy"]["level"]}, key=int)
+    families = list(dict.fromkeys(f for r in reports.values() for f in r["greedy"]["family"]))
     rows = [("accuracy, all levels", lambda r: r["greedy"]["overall"])]
     rows += [(f"accuracy, level {lv}", lambda r, lv=lv: r["greedy"]["level"].get(lv))
              for lv in levels]
     rows.append(("accuracy, levels 3 and up", lambda r: pooled(
         [r["greedy"]["level"].get(lv) for lv in levels if int(lv) >= 3])))
-    families = list(dict.fromkeys(f for r in reports.values() for f in r["greedy"]["family"]))
     rows += [(f"accuracy, {f}", lambda r, f=f: r["greedy"]["family"].get(f)) for f in families]
     rows.append(("pass@1 sampled", lambda r: (r["sampled"] or {}).get("pass@1", {}).get("overall")))
     rows += [("judge agreement", lambda r: (r["judge"] or {}).get("agreement", {}).get("overall")),
              ("judge accepts a reference solution", lambda r: (r["judge"] or {}).get("on_correct")),
              ("judge rejects a wrong solution", lambda r: (r["judge"] or {}).get("on_incorrect")),
              ("self-correction net", lambda r: (r["self_correction"] or {}).get("net_change")),
-             ("pose validity", lambda r: (r["pose"] or {}).get("validity", {}).get("overall"))]
+             ("pose validity", lambda r: (r["pose"] or {}).get("validity", {}).get("overall")),
+             ("self-correction wrong->right", lambda r: r["self_correction"].get("wrong_to_right")),
+             ("self-correction right->wrong", lambda r: r["self_correction"].get("right_to_wrong"))]
     out = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for label, get in rows:
         out.append(f"| {label} | " + " | ".join(_cell(get(reports[n])) for n in names) + " |")
-    for label, key in (("self-correction wrong->right", "wrong_to_right"),
-                       ("self-correction right->wrong", "right_to_wrong")):
-        out.append(f"| {label} | " + " | ".join(
-            "-" if reports[n]["self_correction"].get(key) is None else
-            f"{reports[n]['self_correction'][key]:.3f}" for n in names) + " |")
     out.append("| held-out items (n) | " + " | ".join(str(reports[n]["n"]) for n in names) + " |")
     return "\n".join(out)
 
@@ -420,19 +348,18 @@ def format_report(report):
                                   f"items ({report['distinct']} distinct)")]
     sampled = report["sampled"]
     if sampled:
-        out.append(grid(sampled["pass@1"], f"pass@1 at T={sampled['temperature']} "
-                                           f"({sampled['samples']} draws per item)"))
-        k = sampled["samples"]
-        out.append(f"pass@{k} at T={sampled['temperature']}: "
-                   f"{_cell(sampled[f'pass@{k}']['overall'])}")
+        k, t = sampled["samples"], sampled["temperature"]
+        out.append(grid(sampled["pass@1"], f"pass@1 at T={t} ({k} draws per item)"))
+        out.append(f"pass@{k} at T={t}: {_cell(sampled[f'pass@{k}']['overall'])}")
     judge = report["judge"]
     if judge:
-        out.append(f"judge agreement {_cell(judge['agreement']['overall'])} over "
-                   f"{judge['agreement']['overall']['n']} judgements (on correct "
-                   f"{_cell(judge['on_correct'])}, on incorrect {_cell(judge['on_incorrect'])}: "
-                   f"wrong answer {_cell(judge['on_wrong_answer'])}, wrong earlier step "
-                   f"{_cell(judge['on_wrong_step'])}; names the step "
-                   f"{_cell(judge['names_the_step'])}; no verdict {judge['unparsed']['mean']:.3f})")
+        j = {k: _cell(judge[k]) for k in ("on_correct", "on_incorrect", "on_wrong_answer",
+                                          "on_wrong_step", "names_the_step")}
+        agree = judge["agreement"]["overall"]
+        out.append(f"judge agreement {_cell(agree)} over {agree['n']} judgements (on correct "
+                   f"{j['on_correct']}, on incorrect {j['on_incorrect']}: wrong answer "
+                   f"{j['on_wrong_answer']}, wrong earlier step {j['on_wrong_step']}; names the "
+                   f"step {j['names_the_step']}; no verdict {judge['unparsed']['mean']:.3f})")
         s = report["self_correction"]
         out.append(f"self-correction on {s['n']} items: wrong->right {s['wrong_to_right']:.3f}, "
                    f"right->wrong {s['right_to_wrong']:.3f}, net {s['net']:+.3f} (accuracy "
@@ -440,32 +367,26 @@ def format_report(report):
                    f"revised {s['revised']:.3f})")
     pose = report["pose"]
     if pose:
-        distinct = "-" if pose["distinct"] is None else f"{pose['distinct']:.3f}"
         out.append(f"posing: validity {_cell(pose['validity']['overall'])} of "
-                   f"{pose['validity']['overall']['n']}, distinct {distinct}, solve rate "
-                   f"{_cell(pose['solve_rate'])} on {pose['solve_rate']['n']} valid")
+                   f"{pose['validity']['overall']['n']}, distinct {_cell(pose['distinct'])}, "
+                   f"solve rate {_cell(pose['solve_rate'])} on {pose['solve_rate']['n']} valid")
     if report["skipped"]:
         out.append(f"skipped: {', '.join(report['skipped'])}")
     return "\n\n".join(out)
 
 
-# ----------------------------------------------------------------------------- learning curves
-
 def read_metrics(path):
-    """Rows of a run's metrics.jsonl (a run directory or the file); unreadable lines skipped,
-    since a run still being written may end in half a line."""
+    """Rows of a run's metrics.jsonl (its directory or the file), skipping unreadable lines."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
     rows = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             try:
-                row = json.loads(line)
+                rows.append(json.loads(line))
             except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
+                pass
+    return [row for row in rows if isinstance(row, dict)]
 
 
 def curve_keys(runs):
@@ -477,8 +398,8 @@ def curve_keys(runs):
 
 
 def steps_of(rows):
-    """x of each row: its `step` (else its index), shifted at a change of stage so that the new
-    stage starts after the last one ended, since each stage counts its steps from 0 again."""
+    """x of each row: its `step` (else its index), shifted so each stage (counting its steps from
+    0) starts after the last one ended."""
     xs, offset = [], 0
     for i, row in enumerate(rows):
         step = row.get("step", i)
@@ -490,8 +411,8 @@ def steps_of(rows):
 
 
 def plot_curves(runs, out_png, labels=None):
-    """One subplot per curve key, one line per run (run directories or metrics.jsonl files).
-    Returns out_png, or None (after a one-line message on stderr) without matplotlib."""
+    """out_png with a subplot per curve key, a line per run (dirs or metrics.jsonl files); None
+    (after a line on stderr) without matplotlib."""
     runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
     labels = list(labels) if labels else [os.path.basename(os.path.normpath(str(r))) for r in runs]
     tables = [read_metrics(r) for r in runs]
@@ -506,38 +427,33 @@ def plot_curves(runs, out_png, labels=None):
     except ImportError:
         print(NO_MATPLOTLIB, file=sys.stderr)
         return None
-    cols = 1 if len(keys) == 1 else 2
+    cols = min(len(keys), 2)
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        for rows_of_run, label in zip(tables, labels):
-            points = [(x, r[key]) for x, r in zip(steps_of(rows_of_run), rows_of_run)
+        for table, label in zip(tables, labels):
+            points = [(x, r[key]) for x, r in zip(steps_of(table), table)
                       if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
             if points:
                 ax.plot(*zip(*points), label=label, linewidth=1)
         if len(tables) == 1:  # where each stage of the run begins
-            xs = steps_of(tables[0])
-            for x, row, prev in zip(xs[1:], tables[0][1:], tables[0]):
+            for x, row, prev in zip(steps_of(tables[0])[1:], tables[0][1:], tables[0]):
                 if row.get("stage") != prev.get("stage"):
                     ax.axvline(x, color="gray", linestyle=":", linewidth=1)
-        ax.set_title(key)
-        ax.set_xlabel("step")
+        ax.set(title=key, xlabel="step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     if len(runs) > 1:
         axes.flat[0].legend(fontsize="small")
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(out_png))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(out_png)))
     os.close(fd)
     fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     os.replace(tmp, out_png)
     return out_png
 
-
-# ----------------------------------------------------------------------------- command line
 
 def write_json(obj, path):
     """Write obj as JSON atomically: a temp file in the same folder, then os.replace."""
@@ -556,6 +472,7 @@ def _words(values):
 
 
 def parse_args(argv):
+    """The checked command-line arguments; ValueError (or ArgumentError) on a usage error."""
     parser = argparse.ArgumentParser(
         description="Evaluate a model on held-out items, or plot a run.", exit_on_error=False)
     parser.add_argument("--model", help="Hugging Face model directory to evaluate")
@@ -594,8 +511,8 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    """Exit status: 0 done, 1 a requested plot was not drawn (no matplotlib), 2 a usage error.
-    Only the user's inputs (flags, files, model directory) are caught as one-line errors."""
+    """Exit status: 0 done, 1 a plot not drawn (no matplotlib), 2 a usage error (one-line: only the
+    user's inputs, i.e. flags, files and model directory, are caught)."""
     try:
         args = parse_args(argv)
         status = 0

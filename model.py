@@ -1,33 +1,21 @@
 """The policy: one causal language model that plays every role.
 
-What lives here, top to bottom:
-  1. the tiny default: a BPE tokenizer trained with `tokenizers` on the texts it will read
-     (words whole, numbers in digits) and a small Llama, saved in Hugging Face format and loaded back
-     through `load`, the same path a local 8B checkpoint takes (`local_files_only=True`:
-     nothing is ever downloaded);
-  2. loading: one process (`load`) or FSDP2 ranks (`load_sharded`: rank 0 reads, the others
-     receive their shards), for the architectures whose logits we reproduce (`SUPPORTED`);
-     `Policy`, a thin module around the Hugging Face model whose forward runs any "head" (a
-     loss, last-token logits) on the final hidden states *inside* forward, so that under FSDP2
-     the head sees the full, unsharded `lm_head` weight;
-  3. sampling with our own decode loop over a KV cache (left-padded ragged prompts, greedy /
-     temperature / top-p, stop tokens or budget); for Llama-family models the loop calls the
-     layers' weights directly with a preallocated cache (`lean_decoder`), else it goes through
-     the Hugging Face forward;
+What lives here, in order:
+  1. the tiny default: a BPE tokenizer trained on the texts it will read and a small Llama, in
+     Hugging Face format, loaded like a local 8B checkpoint (nothing is ever downloaded);
+  2. loading, whole (`load`) or into FSDP2 shards (`load_sharded`), and `Policy`;
+  3. sampling: our own KV-cache decode loop (`generate`; `lean_decoder` for Llama families);
   4. teacher forcing: prompt + completion batches packed for the trainer's forward;
-  5. FSDP2 sharding, a context that gathers the parameters once for a whole rollout phase, and
-     the collective helpers every distributed figure goes through;
+  5. FSDP2 sharding, `gathered_for_rollout`, and the collective helpers;
   6. atomic directory writes (the export and the resumable state are in merge.py).
 
-The math of sampling. At each step the model gives logits z over the vocabulary; the token is
-drawn from softmax(z / T), restricted to the smallest set of tokens whose probability reaches
-top_p (nucleus); T = 0 means argmax. The draw inverts the cumulative distribution at a uniform
-number u: token = the first one whose cumulative probability reaches u. The uniforms come from a
-CPU generator, so a seed gives the same completions on any device.
+The math of sampling: from logits z the token is drawn from softmax(z / T), restricted to the
+smallest set of tokens whose probability reaches top_p (nucleus); T = 0 means argmax. The draw
+inverts the cumulative distribution at a uniform u from a CPU generator, so a seed gives the same
+completions on any device.
 
-The tiny default is built by train.py (its tokenizer is trained on the task world's texts):
-`python train.py` builds it into runs/tiny/init; `--tiny_layers=4 --tiny_hidden=256 ...`
-build another size. Run the tests with `python -m pytest -q tests/test_model.py`.
+`python train.py` builds the tiny default into runs/tiny/init (`--tiny_layers=4 --tiny_hidden=256
+...` for another size). Tests: `python -m pytest -q tests/test_model.py`.
 """
 import contextlib
 import copy
@@ -43,26 +31,20 @@ import torch.nn.functional as F
 
 TINY_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]  # printable ASCII and newline
 TINY_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-# Pieces a token never crosses: a word of two or more letters with its leading space, a single
-# letter, a digit, an arrow, one other sign, a newline, a space.
+# Pieces a token never crosses: a word with its leading space, a letter, a digit, an arrow, a sign.
 TINY_PIECES = r" ?[A-Za-z]{2,}|[A-Za-z]|\d|<->|->|[^\sA-Za-z\d]|\n|\s"
-# The tiny chat template is the identity plus bos: roles.py renders through the chat template of
-# any model, and for the tiny one that must leave its plain-text role markers untouched.
+# Identity plus bos: roles.py renders through the chat template, and the tiny model's plain-text
+# role markers must come through untouched.
 TINY_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 # ----------------------------------------------------------------------------- the tiny default
 
 def build_tiny_tokenizer(texts=(), vocab_size=1024):
-    """A BPE tokenizer over printable ASCII whose merges are learned from `texts` (none: one
-    token per character), plus pad/bos/eos/unk.
-
-    Merges never cross a piece (TINY_PIECES), so the frequent words of the texts become single
-    tokens (short sequences: more examples a minute) while numbers are spelled in digits, as
-    Llama-2's tokenizer does. Measured in judge-only probes (README, "Learning to judge"):
-    with digits the comparison of two answers was learned in more runs than with whole-number
-    tokens, and sooner, equality over ten symbols being easier than over a hundred. Any ASCII
-    text still encodes, character by character."""
+    """BPE over printable ASCII (+ pad/bos/eos/unk), merges learned from `texts`. Merges never
+    cross a TINY_PIECES piece: frequent words become single tokens, numbers are spelled in digits
+    as by Llama-2's tokenizer (in judge-only probes, README "Learning to judge", digits let answer
+    comparison be learned in more runs and sooner than whole-number tokens)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     core = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -86,29 +68,24 @@ def build_tiny(path, texts=(), hidden_size=128, num_layers=2, num_heads=4, num_k
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads, max_position_embeddings=max_positions,
-        tie_word_embeddings=True, rope_theta=10000.0,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id)
+        tie_word_embeddings=True, rope_theta=10000.0, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    lm = LlamaForCausalLM(config)
-    save_pretrained_atomic(lm, tok, path)
+    save_pretrained_atomic(LlamaForCausalLM(config), tok, path)
     return path
 
 
 # ----------------------------------------------------------------------------- loading
 
-# Architectures whose logits we reproduce exactly: z = s * W h, with W the lm_head weight and s a
-# logit scale (1 for most; Granite divides by `logits_scaling`, Cohere multiplies by
-# `logit_scale`). The fused loss and the sampler compute z from (h, W) themselves, so a model
-# that soft-caps its logits (Gemma-2) or adds an lm_head bias (Phi) would train on other logits
-# than the ones it samples from: such models are refused at load, not silently changed.
+# Architectures whose logits are z = s * W h (W the lm_head weight, s 1 or LOGIT_SCALE's). The
+# fused loss and the sampler compute z themselves, so logit soft-capping (Gemma-2) or an lm_head
+# bias (Phi) would train on other logits than are sampled: such models are refused at load.
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo2", "granite", "cohere")
 LOGIT_SCALE = {"granite": lambda c: 1.0 / c.logits_scaling, "cohere": lambda c: c.logit_scale}
 
 
 def read_config(path):
-    """The config of a local model directory, refused early (with the reason) when the fused loss
-    could not reproduce its logits."""
+    """A local model's config; refused, with the reason, if the fused loss can't reproduce it."""
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # one bar per weight file is noise in a training log
@@ -124,8 +101,7 @@ def read_config(path):
 
 
 def load(path, dtype=torch.float32, device="cpu"):
-    """Load any supported local Hugging Face causal LM directory as (Policy, tokenizer), whole, on
-    one device. Never downloads."""
+    """(Policy, tokenizer) of a supported local HF causal LM, whole, on one device."""
     from transformers import AutoModelForCausalLM
     config = read_config(path)
     lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
@@ -133,13 +109,10 @@ def load(path, dtype=torch.float32, device="cpu"):
 
 
 def load_sharded(path, device, activation_checkpointing=False):
-    """Load for FSDP2 without a full copy of the weights on every rank.
-
-    Every rank builds the model on the meta device (no memory), shards it (`shard`) and allocates
-    only its own fp32 shards on `device`; rank 0 alone reads the checkpoint (in its own dtype: 16 GB
-    of host memory for Llama-3-8B instead of 32 GB on each of 8 ranks) and broadcasts it tensor by
-    tensor into the shards. Buffers outside the state dict (rotary frequencies) come from rank 0's
-    copy too, since the meta device left them unset."""
+    """Load for FSDP2 without a full copy on every rank: each builds the model on the meta device,
+    shards it and allocates its fp32 shards; rank 0 alone reads the checkpoint (in its own dtype:
+    16 GB of host memory at 8B, not 32 GB on each of 8 ranks) and broadcasts it, along with the
+    buffers outside the state dict (rotary frequencies) that the meta device left unset."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoModelForCausalLM, GenerationConfig
     config = read_config(path)
@@ -153,9 +126,8 @@ def load_sharded(path, device, activation_checkpointing=False):
         full, buffers = whole.state_dict(), dict(whole.named_buffers())
     set_model_state_dict(lm, full, options=StateDictOptions(full_state_dict=True,
                                                             broadcast_from_rank0=True))
-    if os.path.isfile(os.path.join(path, "generation_config.json")):  # from_config skips it,
-        lm.generation_config = GenerationConfig.from_pretrained(  # and its list of eos ids
-            path, local_files_only=True)
+    if os.path.isfile(os.path.join(path, "generation_config.json")):  # from_config skips its eos
+        lm.generation_config = GenerationConfig.from_pretrained(path, local_files_only=True)
     with torch.no_grad():
         for name, buffer in lm.named_buffers():
             if is_main():
@@ -173,31 +145,26 @@ def load_tokenizer(path):
 
 
 def stop_ids(lm, tokenizer):
-    """Every token that ends a completion: the tokenizer's eos and each of the generation config's
-    (chat models end a turn with their own, e.g. Llama-3's <|eot_id|>, Qwen's <|im_end|>)."""
+    """Every token that ends a completion: the tokenizer's eos and the generation config's (chat
+    models end a turn with their own, e.g. Llama-3's <|eot_id|>, Qwen's <|im_end|>)."""
     listed = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
     listed = listed if isinstance(listed, (list, tuple)) else [listed]
     return sorted({i for i in [tokenizer.eos_token_id, *listed] if i is not None})
 
 
 def encode(tokenizer, texts):
-    """Token ids of rendered prompts. A chat template writes its own bos; a tokenizer without one
-    gets its bos (or, lacking that, its eos, the document separator of bos-less models) in front,
-    so no prompt is empty and the first completion token always has a position predicting it."""
+    """Token ids of rendered prompts, a bos (or eos) in front unless a chat template writes its
+    own: the first completion token always has a position predicting it."""
     start = [] if getattr(tokenizer, "chat_template", None) else \
         [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
     return [start + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
 class Policy(torch.nn.Module):
-    """A causal LM whose forward applies `head(hidden, lm_head_weight)` to its last hidden states.
-
-    Why not call the Hugging Face model directly: under FSDP2 the root module's parameters
-    (embeddings, final norm, lm_head; tied ones in one group) are gathered only while the root's
-    forward runs. Computing the loss inside this forward is what lets a fused loss read the full
-    `lm_head` weight and have its gradient reduce-scattered like any other. The hidden states are
-    multiplied by the architecture's logit scale first, so W h are the model's own logits.
-    """
+    """A causal LM whose forward applies `head(hidden * logit scale, lm_head weight)` to its last
+    hidden states. The head runs inside forward because under FSDP2 the root's parameters (lm_head
+    among them) are gathered only during the root's forward: so a fused loss reads the full
+    lm_head weight, and its gradient is reduce-scattered like any other."""
 
     def __init__(self, lm, config):
         super().__init__()
@@ -214,7 +181,7 @@ class Policy(torch.nn.Module):
 
 
 def device_of(policy):
-    """The device the policy computes on (of its lm_head; a sharded DTensor reports its own)."""
+    """The device the policy computes on (its lm_head's; a sharded DTensor reports its own)."""
     return policy.lm.get_output_embeddings().weight.device
 
 
@@ -228,34 +195,30 @@ class Rollout:
 
 
 def left_pad(prompts, pad_id, device):
-    """Left-padded [B, L] ids, attention mask, and positions that start at 0 on the first real
-    token."""
+    """Left-padded [B, L] ids, mask, and positions (0 at the first real token), copied once."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)  # built on the host, copied once
+    ids, mask = ids.to(device), mask.to(device)
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def pick_tokens(logits, temperature, top_p, uniform):
-    """Greedy when temperature == 0, else the token whose cumulative probability under the
-    tempered nucleus distribution first reaches `uniform` [B] (inverse-CDF sampling: the same
-    draws give the same tokens on any device)."""
+    """Argmax when temperature == 0, else the first token whose cumulative probability under the
+    tempered nucleus distribution reaches `uniform` [B] (inverse CDF)."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     order = None
-    if top_p < 1.0:
+    if top_p < 1.0:  # drop a token when the mass strictly before it already reaches top_p
         probs, order = probs.sort(dim=-1, descending=True)
-        # drop a token when the mass strictly before it already reaches top_p
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
     cdf = probs.cumsum(-1)
-    # 1 - u lies in (0, 1], so the threshold is above 0 and a zero-probability token never wins;
-    # the clamp to the last token of positive probability keeps it so when a parallel cumsum
-    # rounds the flat tail of the cdf a little differently
+    # 1 - u is in (0, 1], so a zero-probability token never wins; the clamp to the last token of
+    # positive probability keeps it so when a parallel cumsum rounds the cdf's flat tail
     threshold = (1 - uniform.to(cdf.device))[:, None] * cdf[:, -1:]
     last = (probs > 0).sum(-1) - 1 if order is not None else cdf.shape[-1] - 1
     picked = torch.minimum((cdf < threshold).sum(-1), torch.as_tensor(last, device=cdf.device))
@@ -267,15 +230,14 @@ def last_token_logits(hidden, weight):
 
 
 def hf_decoder(policy):
-    """Decode through the Hugging Face forward and its DynamicCache: any causal LM, any FSDP
-    state. Returns step(ids, mask, positions) -> last-token logits, and keep(rows)."""
+    """step(ids, mask, positions) -> last-token logits, and keep(rows), through the HF forward
+    and its DynamicCache: any causal LM, any FSDP state."""
     from transformers import DynamicCache
     cache = DynamicCache()
 
     def step(ids, mask, positions):
-        logits, _ = policy(last_token_logits, input_ids=ids, attention_mask=mask,
-                           position_ids=positions, past_key_values=cache, use_cache=True)
-        return logits
+        return policy(last_token_logits, input_ids=ids, attention_mask=mask,
+                      position_ids=positions, past_key_values=cache, use_cache=True)[0]
     return step, cache.batch_select_indices
 
 
@@ -283,27 +245,18 @@ LEAN_FAMILIES = ("llama", "qwen2", "mistral")
 
 
 def lean_decoder(lm, batch, max_len):
-    """Decode by calling the layers' weights directly, with a preallocated KV cache.
+    """Decode through the layers' weights with a preallocated KV cache: the HF Llama math
+    (RMSNorm, the model's `rotary_emb`, GQA, SiLU MLP) without its per-call overhead (output
+    capturing, masks, growing caches), most of a step for a small model. Under FSDP2 call it
+    inside `gathered_for_rollout`.
 
-    The same math as the Hugging Face Llama forward (RMSNorm, rotary embeddings from the
-    model's own `rotary_emb`, grouped-query attention, SiLU MLP) minus its per-call overhead
-    (output capturing, mask building, cache objects growing by concatenation), which is most
-    of a decoding step for a small model. Llama, Qwen2 (attention biases come with the
-    modules) and Mistral without a sliding window. Under FSDP2 call it inside
-    `gathered_for_rollout`, which leaves the full weights on the modules.
-
-    Grouped-query attention without copying the cache: the G = heads / kv_heads query heads
-    that share a key/value head are stacked along the query axis ([B, kv_heads, G * W, D]
-    against keys [B, kv_heads, L, D], the mask repeated G times), which is exactly GQA. So
-    attention runs as plain multi-head SDPA with a boolean mask, a call every fused kernel with
-    mask support (memory-efficient, cuDNN) takes, where `enable_gqa=True` with a mask would
-    leave CUDA only the math kernel, which expands the cache G-fold at every step.
-    """
-    base = lm.base_model
-    cfg = lm.config
+    GQA is folded, not copied: the G query heads sharing a key/value head are stacked on the query
+    axis ([B, kv_heads, G * W, D]), the mask repeated G times, so attention is plain multi-head SDPA
+    with a boolean mask, which fused kernels take; `enable_gqa=True` with a mask would leave CUDA
+    only the math kernel, which expands the cache G-fold at every step."""
+    base, cfg = lm.base_model, lm.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv_heads = cfg.num_key_value_heads
-    group = cfg.num_attention_heads // kv_heads
+    kv_heads, group = cfg.num_key_value_heads, cfg.num_attention_heads // cfg.num_key_value_heads
     weight = base.embed_tokens.weight
     shape = (batch, kv_heads, max_len, head_dim)
     keys = [weight.new_zeros(shape) for _ in base.layers]
@@ -320,8 +273,7 @@ def lean_decoder(lm, batch, max_len):
         rows, width = ids.shape
         end = filled + width
         visible[:rows, filled:end] = mask[:, -width:].bool()
-        # key j is seen by query i when it is a real token and not in i's future; every query
-        # also sees itself, so a padding query never has an empty (NaN) softmax row
+        # a query sees real keys not in its future, and itself (no empty, NaN softmax row)
         causal = torch.ones((width, end), dtype=torch.bool, device=ids.device).tril(filled)
         itself = torch.zeros_like(causal)
         itself[:, filled:].fill_diagonal_(True)
@@ -353,8 +305,8 @@ def lean_decoder(lm, batch, max_len):
 
 
 def lean_supported(policy, max_len):
-    """Llama-family SiLU models with plain logits whose sliding window (if any) is longer than
-    the sequence."""
+    """Llama, Qwen2 (attention biases come with the modules) and Mistral: SiLU, plain logits,
+    and a sliding window (if any) longer than the sequence."""
     cfg = policy.lm.config
     window = getattr(cfg, "sliding_window", None) if (
         getattr(cfg, "use_sliding_window", True) and cfg.model_type != "llama") else None
@@ -368,19 +320,12 @@ SYNC_EVERY = 8  # decoding steps between the loop's host syncs (each stalls a GP
 @torch.inference_mode()
 def generate(policy, prompts, max_new_tokens, stop, pad_id, temperature=1.0, top_p=1.0,
              generator=None, lean=True):
-    """Sample continuations of a ragged batch of prompts (lists of ids) with a KV cache.
-
-    A row ends at any token of `stop` (a list of ids). Every SYNC_EVERY steps the loop reads
-    how many rows are done (its only host sync): it stops when all are, and drops finished rows
-    once they are a quarter of the live ones (dropping copies the whole cache, so it is
-    batched); so a batch of mixed lengths costs about what its live rows cost. The uniform
-    draws come from `generator` (a CPU torch.Generator; None: the global one) for the whole
-    rollout at once, so the same seed samples the same tokens on any device. `lean` picks
-    `lean_decoder` where the architecture allows, else the Hugging Face forward. Returned
-    tensors are ordinary ones, usable as constants in a later backward.
-    """
-    device = device_of(policy)
-    batch = len(prompts)
+    """Sample continuations of ragged prompts (id lists), a row ending at any `stop` id. Every
+    SYNC_EVERY steps (the only host sync) the loop stops if all rows are done, and drops the done
+    ones once they are a quarter (dropping copies the cache). All uniforms come at once from
+    `generator` (CPU; None: global). `lean`: `lean_decoder` where supported, else the HF forward.
+    Returns ordinary tensors, usable as constants in a later backward."""
+    device, batch = device_of(policy), len(prompts)
     ids, mask, positions = left_pad(prompts, pad_id, device)
     max_len = ids.shape[1] + max_new_tokens
     step, keep_rows = (lean_decoder(policy.lm, batch, max_len)
@@ -408,8 +353,8 @@ def generate(policy, prompts, max_new_tokens, stop, pad_id, temperature=1.0, top
             if 4 * finished >= len(live):
                 keep = (~done).nonzero().squeeze(-1)
                 keep_rows(keep)
-                live, token, mask, next_pos = live[keep], token[keep], mask[keep], next_pos[keep]
-                done = done[keep]
+                live, token, mask, next_pos, done = (
+                    x[keep] for x in (live, token, mask, next_pos, done))
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
         logits = step(token[:, None], mask, next_pos[:, None])
         next_pos = next_pos + 1
@@ -428,9 +373,7 @@ class Completion:
 
 def complete(policy, tokenizer, prompts, max_new_tokens, temperature=1.0, top_p=1.0,
              generator=None, batch_size=64):
-    """Sample one completion per rendered prompt string, `batch_size` prompts per decode loop.
-
-    Prompts are sorted by length first so that each batch pads little."""
+    """One completion per rendered prompt, `batch_size` per decode loop, sorted by length."""
     prompt_ids = encode(tokenizer, prompts)
     stop = stop_ids(policy.lm, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
@@ -461,12 +404,9 @@ class Packed:
 
 
 def pack(prompts, completions, pad_id, device):
-    """Right-padded batch of prompt+completion id lists on `device`, the completion tokens
-    flattened. Built on the host and copied once.
-
-    No attention mask is needed: with the padding on the right, causal attention never lets a
-    real token see a pad, and the pads' own outputs are never scored. Without a mask the
-    forward keeps its fused causal kernel (flash attention on CUDA) instead of a masked one."""
+    """Right-padded prompt+completion ids, the completion tokens flattened. No attention mask:
+    with right padding no real token sees a pad and pads are never scored, so the forward keeps
+    its fused causal kernel (flash attention on CUDA)."""
     if any(not p for p in prompts):
         raise ValueError("pack: an empty prompt leaves no position to predict the first "
                          "completion token (encode() puts a bos in front of every prompt)")
@@ -485,16 +425,15 @@ def run_head(policy, packed, head):
     """Forward `packed` and apply head(hidden [n, H] of the scored tokens, lm_head weight)."""
     def on_scored(hidden, weight):
         return head(hidden[packed.rows, packed.cols], weight)
-    result, _ = policy(on_scored, input_ids=packed.input_ids, use_cache=False)
-    return result
+    return policy(on_scored, input_ids=packed.input_ids, use_cache=False)[0]
 
 
 # ----------------------------------------------------------------------------- distributed
 
 def setup_distributed():
-    """Start the process group under torchrun (nccl on CUDA, gloo on CPU); no-op otherwise.
-    On CUDA, float32 matrix products may use TF32 (the fused loss's fp32 logits of bf16 inputs
-    lose nothing by it: a bf16 number is exact in TF32). Returns (rank, world_size, device)."""
+    """(rank, world_size, device), starting the process group under torchrun (nccl or gloo).
+    On CUDA fp32 matmuls may use TF32: the fused loss's fp32 logits of bf16 inputs lose nothing
+    by it, a bf16 number being exact in TF32."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.set_float32_matmul_precision("high")
@@ -507,8 +446,7 @@ def setup_distributed():
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
-        # rank 0 alone reads and writes whole checkpoints while the others wait in a
-        # collective: give that longer than NCCL's default 10 minutes
+        # rank 0 alone reads and writes whole checkpoints while the others wait: > 10 minutes
         dist.init_process_group("nccl", device_id=torch.device("cuda", local),
                                 timeout=datetime.timedelta(minutes=60))
         return rank, world, torch.device("cuda", local)
@@ -517,10 +455,8 @@ def setup_distributed():
 
 
 def teardown_distributed():
-    """Leave the process group together. Without the barrier a rank that finishes first can tear
-    down its gloo connections while a peer still works, and dies with SIGABRT ("terminate called
-    without an active exception"); call this only on the success path, since a rank that failed
-    would leave its peers waiting here."""
+    """Leave the process group together (a rank that tears down gloo while a peer still works
+    kills it with SIGABRT). Success path only: a failed rank would leave its peers waiting."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -539,8 +475,8 @@ def barrier():
         dist.barrier()
 
 
-# Every collective of ours goes through the helpers below, which put the tensors where the
-# backend can reduce them: NCCL only reduces CUDA tensors, gloo only CPU ones.
+# Every collective of ours goes through these helpers, which put the tensors where the backend
+# reduces them: NCCL only CUDA tensors, gloo only CPU ones.
 
 def collective_device(backend):
     """The device a backend ("gloo", "nccl", or a map like "cpu:gloo,cuda:nccl") reduces on."""
@@ -571,8 +507,7 @@ def all_gather_objects(obj):
 
 
 def broadcast_(tensor):
-    """Overwrite `tensor` with rank 0's, in place (a device tensor is staged through the backend's
-    device when they differ)."""
+    """Overwrite `tensor` in place with rank 0's (staged through the backend's device)."""
     if not dist.is_initialized():
         return tensor
     staged = tensor.to(collective_device(dist.get_backend()))
@@ -585,21 +520,17 @@ def decoder_layers(lm):
 
 
 def enable_checkpointing(policy):
-    """Activation checkpointing: each decoder layer keeps only its input and recomputes the rest
-    in backward. Hugging Face applies it only in training mode (`policy.train()`)."""
+    """Each decoder layer recomputes its activations in backward (only in `policy.train()`)."""
     policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return policy
 
 
 def shard(policy, activation_checkpointing=False):
-    """FSDP2: one `fully_shard` group per decoder layer, then the root (embeddings, final norm and
-    lm_head together, so tied embeddings share a group). bf16 compute with fp32 gradient
-    reduction on CUDA; full fp32 on CPU (gloo has no bf16 speed to gain)."""
+    """FSDP2: a group per decoder layer, then the root (embeddings, final norm, lm_head: tied
+    weights share it). bf16 compute, fp32 reduction on CUDA; fp32 on CPU (no bf16 speed there)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    if torch.cuda.is_available():
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    else:
-        mp = MixedPrecisionPolicy()
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if torch.cuda.is_available() else MixedPrecisionPolicy())
     if activation_checkpointing:
         enable_checkpointing(policy)
     for layer in decoder_layers(policy.lm):
@@ -610,12 +541,8 @@ def shard(policy, activation_checkpointing=False):
 
 @contextlib.contextmanager
 def gathered_for_rollout(policy):
-    """Keep every FSDP2 group unsharded for a whole rollout phase.
-
-    Without this each decoding step would all-gather every layer and free it again, once per
-    generated token. With it the gather happens once and decoding runs at single-GPU speed, at
-    the memory cost of one full copy of the (bf16) parameters.
-    """
+    """Keep every FSDP2 group unsharded for a rollout phase: one all-gather, not one per layer per
+    token, so decoding runs at single-GPU speed for one full copy of the (bf16) parameters."""
     from torch.distributed.fsdp import FSDPModule
     if not isinstance(policy, FSDPModule):
         yield
@@ -636,9 +563,8 @@ def gathered_for_rollout(policy):
 # ----------------------------------------------------------------------------- checkpoints
 
 def replace_dir(tmp, final):
-    """Swap a finished temporary directory into place: a reader sees the old or the new, never
-    half of one (two renames; a crash between them leaves `final.old`, still whole, which
-    `recover_dir` puts back)."""
+    """Swap a finished directory into place: readers see the old or the new, never half (a crash
+    between the renames leaves `final.old`, whole, for `recover_dir`)."""
     old = final + ".old"
     if os.path.exists(final):
         shutil.rmtree(old, ignore_errors=True)
@@ -648,8 +574,7 @@ def replace_dir(tmp, final):
 
 
 def recover_dir(final):
-    """Undo a crash between the two renames of `replace_dir`: `final` is back if only
-    `final.old` was left. Returns whether `final` exists."""
+    """Put `final` back after a crash between `replace_dir`'s renames; whether `final` exists."""
     if not os.path.exists(final) and os.path.isdir(final + ".old"):
         os.rename(final + ".old", final)
     return os.path.exists(final)
@@ -668,7 +593,6 @@ def save_pretrained_atomic(lm, tokenizer, path, state_dict=None, dtype=None):
         config_path = os.path.join(tmp, "config.json")
         with open(config_path) as f:
             config = json.load(f)
-        config["dtype"] = str(dtype).removeprefix("torch.")
         with open(config_path, "w") as f:
-            json.dump(config, f, indent=2)
+            json.dump({**config, "dtype": str(dtype).removeprefix("torch.")}, f, indent=2)
     replace_dir(tmp, path.rstrip("/"))

@@ -23,11 +23,9 @@
    forward, so the [N, V] logits never exist at once (peak: one [chunk, V] buffer).
    Modes: "pg" (clipped policy gradient, optional k3 KL), "nll", "dpo" (refinement pairs).
 
-4. Refinement (alignment via refinement): rounds of critique -> revise, preference pairs,
-   and "long refinement thought" NLL texts.
+4. Refinement (AvR): rounds of critique -> revise, preference pairs, long refinement thoughts.
 
-Tests: python -m pytest -q tests/test_refine.py tests/test_loss.py; memory and time of the loss:
-python tests/bench_loss.py.
+Tests: python -m pytest -q tests/test_refine.py tests/test_loss.py; benchmark: tests/bench_loss.py
 """
 import re
 from dataclasses import dataclass, field
@@ -40,9 +38,7 @@ import roles
 MODES = ("pg", "nll", "dpo")
 
 
-# ---------------------------------------------------------------------------------------
-# 1. Rewards per role
-# ---------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- rewards per role
 
 @dataclass
 class Posing:
@@ -91,16 +87,14 @@ def self_play_samples(posings, alpha):
 
 
 def alpha_schedule(step, total, floor):
-    """The verifier's weight in the solver's reward: 1 at step 0, linearly down to `floor` at
-    step `total`, then flat; the self-judge alone never decides the reward."""
+    """The verifier's weight in the solver's reward: 1 at step 0, linearly to `floor` at `total`."""
     if total <= 0:
         return floor
     return 1.0 - (1.0 - floor) * min(max(step / total, 0.0), 1.0)
 
 
 def revision_gain(original_correct, revised_correct):
-    """AvR's refinement-aware reward: correct(revision) - correct(original), in {-1, 0, 1}.
-    Unknown correctness (None) counts as incorrect."""
+    """AvR's reward: correct(revision) - correct(original) in {-1, 0, 1}; None is incorrect."""
     return int(bool(revised_correct)) - int(bool(original_correct))
 
 
@@ -138,20 +132,14 @@ def duplicate_posings(problems, families, threshold=0.8):
     return marked
 
 
-def _normalise_text(text):
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
 def _char_ngrams(text, n):
-    text = _normalise_text(text)
+    text = " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
     if len(text) <= n:
         return {text}
     return {text[i:i + n] for i in range(len(text) - n + 1)}
 
-# ---------------------------------------------------------------------------------------
-# 2. Advantages and token credit
-# ---------------------------------------------------------------------------------------
 
+# ----------------------------------------------------------------------------- advantages, credit
 
 def group_advantages(rewards, group_ids, eps=1e-6):
     """A = (r - mean_group) / (std_group + eps), the population std. A group whose rewards are
@@ -180,10 +168,8 @@ def token_credit(advantage, step_of_token, flagged_step):
         credit[steps < flagged_step] = 0.0
     return credit
 
-# ---------------------------------------------------------------------------------------
-# 3. The fused loss
-# ---------------------------------------------------------------------------------------
 
+# ----------------------------------------------------------------------------- the fused loss
 
 def fused_loss(hidden, weight, targets, coef, mode="pg", *, old_logp=None, ref_logp=None,
                clip_eps=0.2, kl_coef=0.0, seq_id=None, n_seq=None, beta=0.1, normalizer=None,
@@ -249,19 +235,15 @@ class _FusedLoss(torch.autograd.Function):
         dtype = _compute_dtype(torch.promote_types(hidden.dtype, weight.dtype))
         w = weight.to(dtype)  # a copy only for half-precision weights: logits in fp32
         coef, mask = coef.to(dtype), mask.to(dtype)
-        old_logp = None if old_logp is None else old_logp.to(dtype)
-        ref_logp = None if ref_logp is None else ref_logp.to(dtype)
+        old_logp, ref_logp = (None if x is None else x.to(dtype) for x in (old_logp, ref_logp))
         spans = _chunks(n, chunk_size)
         buf = torch.empty(min(chunk_size, max(n, 1)), w.shape[0], dtype=dtype, device=w.device)
-
         # DPO: a token's gradient depends on its whole pair's log-ratio, so a first pass
         # (no gradients kept) gathers every token's log p, then the per-token dL/dlog p.
-        dpo_grad = None
         if mode == "dpo":
             dpo_loss, dpo_grad, dpo_stats = _dpo_terms(_logprobs(hidden, w, targets, spans, buf),
                                                        coef, ref_logp, seq_id, n_seq, beta,
                                                        normalizer)
-
         grad_h = torch.zeros(n, hidden.shape[1], dtype=dtype, device=w.device) \
             if grad_hidden_needed else None
         grad_w = torch.zeros_like(w) if grad_weight_needed else None
@@ -296,18 +278,14 @@ class _FusedLoss(torch.autograd.Function):
                 grad_w.addmm_(probs.t(), gh, alpha=-1)
         if mode == "dpo":
             total = dpo_loss
-
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         ctx.used = False
         counted = mask.sum().clamp(min=1)
-        stats = {
-            "entropy": (entropy * mask).sum() / counted,
-            "logp": (logp_all_out * mask).sum() / counted,
-            "tokens": mask.sum(),
-            "clip_frac": (clipped.to(dtype) * mask).sum() / counted,
-            "kl": (kl_all * mask).sum() / counted,
-        }
+        stats = {"entropy": (entropy * mask).sum() / counted, "tokens": mask.sum(),
+                 "logp": (logp_all_out * mask).sum() / counted,
+                 "clip_frac": (clipped.to(dtype) * mask).sum() / counted,
+                 "kl": (kl_all * mask).sum() / counted}
         if mode == "dpo":
             stats.update(dpo_stats)
         stats = torch.stack([stats[k] for k in _stat_names(mode, ref_logp is not None)])
@@ -406,9 +384,7 @@ def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# ---------------------------------------------------------------------------------------
-# 4. Refinement: rounds, preference pairs, long refinement thoughts
-# ---------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- refinement
 
 @dataclass
 class Attempt:
@@ -429,9 +405,8 @@ class RefinementRecord:
 
 @dataclass
 class PreferencePair:
-    """One DPO pair.  role "solve": chosen/rejected answer `problem` (a revision is paired
-    with its original as two answers to the same problem); role "judge": chosen/rejected
-    critique `solution` of `problem`."""
+    """One DPO pair: two answers to `problem` (role "solve": a revision and its original) or two
+    critiques of `solution` (role "judge")."""
     role: str
     problem: str
     solution: str | None
@@ -476,9 +451,8 @@ def long_thought(solution, critiques_and_revisions, final):
 
 @dataclass
 class Round:
-    """One link of a refinement chain: a solution, its score (a verifier's 0/1, or any finer
-    progress score), and the critique and verdict written on it (None when the chain ended
-    before judging it)."""
+    """One link of a refinement chain: a solution, its score (0/1 or finer), and the critique
+    and verdict written on it (None if the chain ended before judging it)."""
     solution: str
     score: float
     critique: str | None = None
@@ -509,10 +483,9 @@ def refine_rounds(judge_fn, revise_fn, score_fn, problems, solutions, max_rounds
 
 
 def chain_records(problem, chains):
-    """RefinementRecords from chains that start at one solution of `problem`: that solution
-    with every chain's first critique (so critiques of the same solution compete), then one
-    record per later round (a revision against the solution it revised).  A critique that
-    accepted its solution has no revision, hence gain 0."""
+    """RefinementRecords of chains from one solution of `problem`: that solution with every
+    chain's first critique (so they compete; one that accepted has no revision, gain 0), then
+    one record per later round (a revision against the solution it revised)."""
     first = chains[0][0]
     records = [RefinementRecord(problem, first.solution, first.score >= 1)]
     for chain in chains:

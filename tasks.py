@@ -1,41 +1,32 @@
 """Self-verifiable tasks: four families of chains, their reference solutions and the teacher.
 
-Every task is a chain of `level` small steps of one kind, so level k+1 is level k with one more
-step, and every step is checkable on its own. The environment computes every answer; a slip in
-any step carries through the steps after it to the answer (as real slips do), so a verdict can
-be decided by comparing the final answer with the reference, while the teacher's critique also
-names the first wrong step. Numbers stay in 0..LIMIT (29) and every step is one `x+d=y` or
-`x-d=y` with d from 1 to STEP (5): with numbers up to 99 a tiny model solved levels 1-2
-about half as often after the same training (README, "Learning to judge").
+A task is a chain of `level` steps of one kind, each checkable alone (level k+1 adds one step).
+The environment computes every answer; a slip carries through the later steps to the answer (as
+real slips do), so the verdict compares final answers and the critique names the first wrong
+step. Numbers stay in 0..LIMIT (29); a step is `x+d=y` or `x-d=y`, d in 1..STEP (5): with numbers
+up to 99 a tiny model solved levels 1-2 about half as often (README, "Learning to judge").
 
 Families (L = level):
-  induction  a sequence made by adding fixed steps (one step, or two in turn); find the term L
-             places after the last shown. Steps: the moves between the first terms
-             (`4+3=7`: the step is 3), then L extensions from the last term.
-  deduction  one fact and L + 1 rules, each forcing the next variable from the one before
-             (->, |, ^, <->, with negations); find every variable (1 = true, 0 = false).
-             Steps: the fact, then one per rule. Answer: `a=0,b=1,c=1` (alphabetical).
-  abduction  2-4 causes, each the head of a chain of L rules ending in an effect; one effect
-             is seen: which cause explains it? Every cause has one chain of the same length,
-             so counting links or reading positions finds nothing. Steps: the chain traced back.
-  corpus     a raw document (a short story of L events changing a count) with one number
-             masked as `[?]`; the rest of the story determines it. Steps: L folds of the count.
+  induction  a sequence made by adding fixed steps (one, or two in turn); find the term L places
+             after the last. Steps: the moves between the first terms (`4+3=7`), then L more.
+  deduction  one fact and L + 1 rules (->, |, ^, <->, with negations), each forcing the next
+             variable from the one before; find all (1 = true, 0 = false). Steps: the fact, then
+             one per rule. Answer: `a=0,b=1,c=1` (alphabetical).
+  abduction  2-4 causes, each heading a chain of L rules to an effect; one effect is seen: which
+             cause explains it? Chains are equally long, so counting links or reading positions
+             finds nothing. Steps: the chain traced back.
+  corpus     a raw document (a story of L events changing a count) with one number masked as
+             `[?]`, which the rest determines. Steps: L folds of the count.
 
-Posing. A poser writes a short parameter line, level-free, that the environment expands at
-the level asked for and validates (`validate`): induction `start 4 add 3 sub 2`, deduction
-`start 1 rules -> ^` (the fact's value, then the rules' operators in turn), abduction
-`causes 3`, corpus `mask 2` (the 2nd number of the given document). Names and order, which
-carry no difficulty, are drawn from a generator seeded by the posing itself.
+Posing: a level-free parameter line, expanded at the level asked and checked by `validate`:
+`start 4 add 3 sub 2`, `start 1 rules -> ^` (the fact, then the operators), `causes 3`, `mask 2`
+(the 2nd number of the given document). Names and order come from a generator seeded by it.
 
-Text formats (roles.py parses them):
-  solution   one step per line, then `Answer: <answer>` (the last step);
-  critique   `Got <answer>, want <reference>.`, then if they differ the first wrong step as
-             `Step k is wrong: <fix>.`, then one line `Verdict: correct|incorrect`.
-
-Held-out split: `split_of` hashes a canonical form of the problem (its rules sorted; for corpus
-the whole story), so a reordering of an eval problem never lands in train and no eval story
-occurs in a train document. Pure standard library.
-Run the tests: python -m pytest -q tests/test_tasks.py
+Formats (roles.py parses them): a solution is one step per line, then `Answer: <answer>`; a
+critique is `Got <answer>, want <reference>.`, then if they differ `Step k is wrong: <fix>.`,
+then `Verdict: correct|incorrect`. `split_of` hashes a canonical form (rules sorted; for corpus
+the story), so a reordered eval problem never lands in train nor an eval story in a train
+document. Pure standard library. Tests: python -m pytest -q tests/test_tasks.py
 """
 import hashlib
 import json
@@ -64,15 +55,13 @@ class Task:
 
 
 # ----------------------------------------------------------------------------- arithmetic
-
 def _move(x, d):
     """One step from x by the signed amount d: (`x+d=y` or `x-d=y`, y)."""
     return (f"{x}+{d}={x + d}" if d >= 0 else f"{x}-{-d}={x + d}"), x + d
 
 
 def _fold(x, moves, slip=None, first=1):
-    """Apply signed moves to x, one step each; `slip` = (step number, error) adds the error to
-    that step's result, and every later step starts from the wrong value."""
+    """Signed moves from x, one step each; `slip` = (k, error) adds error at step k, carried on."""
     steps = []
     for k, d in enumerate(moves, first):
         step, x = _move(x, d)
@@ -90,12 +79,9 @@ def _in_range(steps):
 
 
 # ----------------------------------------------------------------------------- induction
-
 def _ind_solve(level, start, diffs, slip=None):
     shown = len(diffs) + 2
-    terms = [start]
-    for i in range(shown - 1):
-        terms.append(terms[-1] + diffs[i % len(diffs)])
+    terms = [start + sum(diffs[j % len(diffs)] for j in range(i)) for i in range(shown)]
     steps, seen = [], []
     for k, (a, b) in enumerate(zip(terms, terms[1:len(diffs) + 1]), 1):
         m = abs(b - a) + (slip[1] if slip and slip[0] == k else 0)  # the step's size
@@ -114,8 +100,7 @@ def _induction(level, params, rng=None):
     terms, steps, answer = _ind_solve(level, start, diffs)
     if not _in_range(steps) or min(terms) < 0:
         return f"the sequence leaves 0..{LIMIT} within {level} more terms"
-    prompt = (f"Sequence: {', '.join(map(str, terms))}\n"
-              f"Find the term {level} after the last.")
+    prompt = f"Sequence: {', '.join(map(str, terms))}\nFind the term {level} after the last."
     return Task("induction", level, prompt, str(answer), tuple(steps), params, prompt)
 
 
@@ -143,8 +128,8 @@ def _ind_read(text):
 OPS = {"->": {1: 1}, "->~": {1: 0}, "~->": {0: 1}, "~->~": {0: 0}, "|": {0: 1}, "|~": {0: 0},
        "^": {0: 1, 1: 0}, "<->": {0: 0, 1: 1}}
 FALLACY = {"->": {0: 0}, "->~": {0: 1}, "~->": {1: 0}, "~->~": {1: 1}, "|": {1: 0}, "|~": {1: 1}}
-# How each operator may be written (equivalent forms, one drawn at random): with and without a
-# `~` on v alike, so the signs alone do not give v's value away.
+# Equivalent written forms of each operator (one drawn at random), with and without a `~` on v
+# alike, so the signs alone do not give v's value away.
 FORMS = {"->": ("{u}->{v}", "~{v}->~{u}"), "->~": ("{u}->~{v}", "{v}->~{u}"),
          "~->": ("~{u}->{v}", "~{v}->{u}"), "~->~": ("~{u}->~{v}", "{v}->{u}"),
          "|": ("{u}|{v}", "{v}|{u}", "~{v}->{u}"), "|~": ("{u}|~{v}", "~{v}|{u}", "{v}->{u}"),
@@ -153,11 +138,8 @@ FORMS = {"->": ("{u}->{v}", "~{v}->~{u}"), "->~": ("{u}->~{v}", "{v}->~{u}"),
 
 def _ded_solve(names, value, ops, written, slip=None):
     """Steps from the fact through each rule (`written`: the rules as shown) to every value."""
-    steps, known, x = [f"{'' if value else '~'}{names[0]} gives {names[0]}={value}"], {}, value
-    if slip and slip[0] == 1:
-        x = 1 - x
-        steps[0] = steps[0][:-1] + str(x)
-    known[names[0]] = x
+    x = 1 - value if slip and slip[0] == 1 else value
+    steps, known = [f"{'' if value else '~'}{names[0]} gives {names[0]}={x}"], {names[0]: x}
     for k, (op, u, v, rule) in enumerate(zip(ops, names, names[1:], written), 2):
         x = OPS[op].get(x, FALLACY.get(op, {}).get(x))
         if slip and slip[0] == k:
@@ -186,8 +168,7 @@ def _deduction(level, params, rng):
 
 
 def _ded_ops(level, pattern):
-    """The rules' operators at `level`: L + 1 of them (so even level 1 has over 10,000
-    problems), the pattern repeated."""
+    """L + 1 operators, the pattern repeated (so even level 1 has over 10,000 problems)."""
     return [pattern[i % len(pattern)] for i in range(level + 1)]
 
 
@@ -199,10 +180,6 @@ def _ded_params(level, rng):
             return value, pattern
 
 
-def _ded_pose(params):
-    return f"start {params[0]} rules {' '.join(params[1])}"
-
-
 def _ded_read(text):
     m = re.fullmatch(r"start ([01]) rules ((?:\S+ ?){1,3})", text)
     if not m:
@@ -211,7 +188,6 @@ def _ded_read(text):
 
 
 # ----------------------------------------------------------------------------- abduction
-
 def _abd_solve(chains, seen, slip=None):
     """Trace the seen effect back to its cause; a slip jumps to another chain's node."""
     at = next(i for i, c in enumerate(chains) if c[-1] == seen)
@@ -237,16 +213,13 @@ def _abduction(level, params, rng):
     causes = sorted(c[0] for c in chains)
     prompt = (f"Rules: {', '.join(rng.sample(rules, len(rules)))}\nCauses: {', '.join(causes)}\n"
               f"Seen: {seen}\nWhich cause explains it?")
-    return Task("abduction", level, prompt, answer, tuple(steps), params,
-                f"{sorted(rules)} {seen}")
+    return Task("abduction", level, prompt, answer, tuple(steps), params, f"{sorted(rules)} {seen}")
 
 
 # ----------------------------------------------------------------------------- corpus
-
 NAMES = ("Ann", "Ben", "Cal", "Dee", "Eve", "Finn", "Gus", "Hal", "Ida", "Jo", "Kim", "Lou",
          "Max", "Ned", "Oli", "Pam", "Ray", "Sue", "Tom", "Uma")
-THINGS = ("apples", "beads", "cards", "coins", "eggs", "pens", "shells", "stamps", "cups",
-          "books")
+THINGS = ("apples", "beads", "cards", "coins", "eggs", "pens", "shells", "stamps", "cups", "books")
 GAIN, LOSS = ("gets", "finds", "buys", "wins"), ("gives away", "loses", "eats", "sells")
 _STORY = re.compile(r"(\w+) has (\d+) (\w+)\.")
 
@@ -271,8 +244,7 @@ def document(rng, level, split="train"):
 def _story(doc):
     """(start, signed events, end) of a document `document` wrote, or None."""
     m = _STORY.match(doc)
-    events = re.findall(r"Then \w+ (gets|finds|buys|wins|gives away|loses|eats|sells) (\d+)\.",
-                        doc)
+    events = re.findall(rf"Then \w+ ({'|'.join(GAIN + LOSS)}) (\d+)\.", doc)
     end = re.search(r"Now \w+ has (\d+) \w+\.$", doc)
     if not m or not end:
         return None
@@ -283,18 +255,16 @@ def _story(doc):
 def _corpus_solve(doc, index, slip=None):
     """Steps to the index-th number (1 = the start, 2.. = events, last = the end)."""
     start, moves, end = _story(doc)
-    n = len(moves)
-    if index == n + 2:  # the end: forward through every event
+    if index == len(moves) + 2:  # the end: forward through every event
         return _fold(start, moves, slip)
     if index == 1:  # the start: undo every event from the end
         return _fold(end, [-d for d in reversed(moves)], slip)
     j = index - 2  # event j: the count after it less the count before it
     fwd, before = _fold(start, moves[:j], slip)
     back, after = _fold(end, [-d for d in reversed(moves[j + 1:])], slip, first=j + 1)
-    diff = f"{after}-{before}={after - before}" if after >= before else \
-        f"{before}-{after}={before - after}"
-    amount = abs(after - before) + (slip[1] if slip and slip[0] == n else 0)
-    return fwd + back + [diff.rsplit("=", 1)[0] + f"={amount}"], amount
+    diff = f"{after}-{before}" if after >= before else f"{before}-{after}"
+    amount = abs(after - before) + (slip[1] if slip and slip[0] == len(moves) else 0)
+    return fwd + back + [f"{diff}={amount}"], amount
 
 
 def _corpus(level, params, rng=None, doc=None):
@@ -312,10 +282,10 @@ def _corpus(level, params, rng=None, doc=None):
 
 
 # ----------------------------------------------------------------------------- the interface
-
 FAMILY = {  # family: (build(level, params, rng), draw params, write a posing, read a posing)
     "induction": (_induction, _ind_params, _ind_pose, _ind_read),
-    "deduction": (_deduction, _ded_params, _ded_pose, _ded_read),
+    "deduction": (_deduction, _ded_params, lambda p: f"start {p[0]} rules {' '.join(p[1])}",
+                  _ded_read),
     "abduction": (_abduction, lambda level, rng: (rng.randint(2, 4),),
                   lambda p: f"causes {p[0]}", lambda t: _read_one(r"causes (\d)", t)),
     "corpus": (_corpus, None, lambda p: f"mask {p[0]}", lambda t: _read_one(r"mask (\d+)", t)),
@@ -341,10 +311,8 @@ def sample(family, level, rng, split="train"):
         raise ValueError(f"unknown family/level/split: {family!r}, {level!r}, {split!r}")
     build, draw = FAMILY[family][:2]
     while True:  # redraw until a draw is valid and the hash puts it in the requested split
-        if family == "corpus":
-            task = _corpus(level, (rng.randint(1, level + 2),), doc=document(rng, level, split))
-        else:
-            task = build(level, draw(level, rng), rng)
+        task = _corpus(level, (rng.randint(1, level + 2),), doc=document(rng, level, split)) \
+            if family == "corpus" else build(level, draw(level, rng), rng)
         if isinstance(task, Task) and split_of(task) == split:
             return task
 
@@ -371,29 +339,23 @@ ANSWER_LINE = re.compile(r"[ \t]*answer[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
 
 def answer_of(text):
     """What follows the last `Answer:` line of a solution, stripped; None if none or empty."""
-    found = [m.group(1).strip() for m in map(ANSWER_LINE.fullmatch, str(text).splitlines())
-             if m]
+    found = [m.group(1).strip() for m in map(ANSWER_LINE.fullmatch, str(text).splitlines()) if m]
     return found[-1] if found and found[-1] else None
 
 
 def critique(task, solution_text):
-    """The teacher's critique: the two answers side by side; when they differ, the first line
-    that is not the reference's and what it should be; then the verdict. Reads any text."""
+    """The teacher on any text: both answers, if they differ the first wrong line, the verdict."""
     given = answer_of(solution_text) if isinstance(solution_text, str) else None
     head = f"Got {given[:40] if given else 'nothing'}, want {task.answer}."
     if given is not None and check(task, given):
         return f"{head}\nVerdict: correct"
-    lines = [line for line in str(solution_text or "").split("\n")]
-    reference = solve(task).split("\n")
+    lines, reference = str(solution_text or "").split("\n"), solve(task).split("\n")
     k = next((i for i, (a, b) in enumerate(zip(lines, reference)) if _norm(a) != _norm(b)),
              min(len(lines), len(reference) - 1))
-    wrong = lines[k] if k < len(lines) else ""
-    lhs, _, written = _norm(wrong).partition("=")
-    if k < len(task.steps) and lhs and lhs == _norm(reference[k]).partition("=")[0] and \
-            re.fullmatch(r"\d+[-+]\d+", lhs):
-        fix = f"{reference[k]}, not {written}"
-    else:
-        fix = f"it should be {reference[k]}"
+    lhs, _, written = _norm(lines[k] if k < len(lines) else "").partition("=")
+    same = k < len(task.steps) and lhs and lhs == _norm(reference[k]).partition("=")[0]
+    fix = f"{reference[k]}, not {written}" if same and re.fullmatch(r"\d+[-+]\d+", lhs) else \
+        f"it should be {reference[k]}"
     return f"{head}\nStep {k + 1} is wrong: {fix}.\nVerdict: incorrect"
 
 
@@ -402,8 +364,7 @@ def corrupt(task, rng):
     step's 1-based number (the Answer line counts as the last step: a miscopied answer)."""
     k = rng.randint(1, len(task.steps) + 1)
     if k > len(task.steps):
-        wrong = _wrong_answer(task, rng)
-        return "\n".join([*task.steps, f"Answer: {wrong}"]), k
+        return "\n".join([*task.steps, f"Answer: {_wrong_answer(task, rng)}"]), k
     for error in rng.sample((-2, -1, 1, 2), 4):
         steps, answer = _slipped(task, (k, error))
         if _in_range(steps) and str(answer) != task.answer and int(
@@ -414,32 +375,21 @@ def corrupt(task, rng):
 
 def _slipped(task, slip):
     if task.family == "induction":
-        _, steps, answer = _ind_solve(task.level, *task.data, slip)
-        return steps, answer
+        return _ind_solve(task.level, *task.data, slip)[1:]
     if task.family == "corpus":
-        doc = task.canonical
-        return _corpus_solve(doc, task.data[0], slip)
+        return _corpus_solve(task.canonical, task.data[0], slip)
     if task.family == "deduction":
         names = [s.split(" gives ")[-1][0] for s in task.steps]
         written = [s.split(" with ")[0] for s in task.steps[1:]]
         return _ded_solve(names, task.data[0], _ded_ops(task.level, task.data[1]), written,
                           (slip[0], None))
-    chains = [list(c) for c in _chains(task)]
-    return _abd_solve(chains, task.prompt.split("Seen: ")[1].split("\n")[0],
-                      (slip[0], 1 + (slip[1] % (len(chains) - 1))))
-
-
-def _chains(task):
-    """The abduction chains, cause first, read back from the prompt."""
-    links = dict(r.split("->") for r in task.prompt.split("\n")[0][len("Rules: "):].split(", "))
-    causes = task.prompt.split("\n")[1][len("Causes: "):].split(", ")
-    chains = []
-    for c in causes:
-        chain = [c]
+    rules, causes, seen = task.prompt.split("\n")[:3]  # abduction: the chains, cause first
+    links = dict(r.split("->") for r in rules[len("Rules: "):].split(", "))
+    chains = [[c] for c in causes[len("Causes: "):].split(", ")]
+    for chain in chains:
         while chain[-1] in links:
             chain.append(links[chain[-1]])
-        chains.append(chain)
-    return chains
+    return _abd_solve(chains, seen[len("Seen: "):], (slip[0], 1 + (slip[1] % (len(chains) - 1))))
 
 
 def _wrong_answer(task, rng):
@@ -461,15 +411,7 @@ def pose_text(task):
 
 
 def validate(family, pose_text, level, document=None, split=None):
-    """The Task a posing defines (answer computed here), or a short reason it is invalid; with
-    `split`, a problem of the other split is invalid too (self-play must not pose eval items)."""
-    task = _validate(family, pose_text, level, document)
-    if split and isinstance(task, Task) and split_of(task) != split:
-        return f"a problem of the {split_of(task)} split"
-    return task
-
-
-def _validate(family, pose_text, level, document):
+    """The Task a posing defines, or why not; with `split`, one of the other split is invalid."""
     if family not in FAMILIES or level not in LEVELS:
         return f"unknown family or level: {family!r}, {level!r}"
     if not isinstance(pose_text, str) or not pose_text.strip():
@@ -480,13 +422,14 @@ def _validate(family, pose_text, level, document):
         params = read(text)
     except ValueError as e:
         return f"cannot read the {family} posing: {e}"
-    if family == "corpus":
-        return _corpus(level, params, doc=document)
-    return build(level, params, random.Random(f"{family}:{level}:{text}"))
+    task = _corpus(level, params, doc=document) if family == "corpus" else \
+        build(level, params, random.Random(f"{family}:{level}:{text}"))
+    if split and isinstance(task, Task) and split_of(task) != split:
+        return f"a problem of the {split_of(task)} split"
+    return task
 
 
 # ----------------------------------------------------------------------------- JSONL loading
-
 def _read_jsonl(path, fields):
     """One dict per non-blank line, each with string-able `fields`; ValueError names file:line."""
     with open(path, "rb") as fh:
@@ -508,9 +451,7 @@ def _read_jsonl(path, fields):
         for f in fields:
             if f not in row:
                 raise ValueError(f"{path}:{n}: missing field {f!r}")
-            value = row[f]
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)) \
-                    or not str(value).strip():
+            if type(row[f]) not in (str, int, float) or not str(row[f]).strip():
                 raise ValueError(f"{path}:{n}: field {f!r} must be a non-empty string or number")
         rows.append(row)
     if not rows:
@@ -524,7 +465,6 @@ def load_corpus(path):
 
 
 def load_eval_set(path):
-    """Tasks (family 'jsonl', level 0) from JSONL lines `{"question": ..., "answer": ...}`;
-    checked by normalised exact match (case, spacing, a trailing full stop)."""
+    """Tasks (family 'jsonl', level 0, checked by `check`) from `{"question":, "answer":}` lines."""
     return [Task("jsonl", 0, str(row["question"]), str(row["answer"]).strip())
             for row in _read_jsonl(path, ("question", "answer"))]
