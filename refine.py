@@ -5,7 +5,7 @@
 
        poser    r = 1 - p_hat if p_hat > 0, 0 if p_hat = 0; -1 if invalid or a duplicate
        solver   r = (1 - alpha) [v = correct] + alpha y      (alpha: 1 -> alpha_floor)
-       judge    r = [v = y] + g of the revision written from its critique
+       judge    r = [v = y] + g of the revision written from its critique (an audit: [v = y])
        reviser  r = g = y(revision) - y(original)             (alignment via refinement)
 
 2. Advantages: A = (r - mean) / std within a group (the solutions of one posing; the posers of
@@ -25,8 +25,7 @@
 
 4. Refinement (AvR): rounds of critique -> revise, preference pairs, long refinement thoughts.
 
-Tests: python -m pytest -q tests/test_refine.py tests/test_loss.py; benchmark: tests/bench_loss.py
-"""
+Tests: tests/test_refine.py, tests/test_loss.py; benchmark: python tests/bench_loss.py."""
 import re
 from dataclasses import dataclass, field
 
@@ -56,6 +55,7 @@ class Posing:
     steps: list = field(default_factory=list)      # per solution: the step of each token
     revisions: list = field(default_factory=list)  # per solution: its revision, None if accepted
     gains: list = field(default_factory=list)      # per solution: the revision's gain (0 if none)
+    audits: list = field(default_factory=list)     # (critique, verdict, truth) of known solutions
 
 
 def self_play_samples(posings, alpha):
@@ -76,6 +76,9 @@ def self_play_samples(posings, alpha):
             rows.append(("judge", p.critiques[j], agrees + p.gains[j], ("judge", i), None, None))
             if p.revisions[j] is not None:
                 rows.append(("revise", p.revisions[j], p.gains[j], ("revise", i), None, None))
+        for critique, verdict, truth in p.audits:
+            agrees = float(verdict is not None and verdict == bool(truth))
+            rows.append(("judge", critique, agrees, ("judge", i), None, None))
     group_ids = {}
     advantages, keep = group_advantages(
         [r[2] for r in rows], [group_ids.setdefault(r[3], len(group_ids)) for r in rows])
@@ -204,14 +207,11 @@ def fused_loss(hidden, weight, targets, coef, mode="pg", *, old_logp=None, ref_l
         normalizer = mask.sum().clamp(min=1)  # a tensor: no device sync
     grad_on = torch.is_grad_enabled()
     loss, stats = _FusedLoss.apply(
-        hidden, weight, targets, coef.detach(), mask, _detached(old_logp),
-        _detached(ref_logp), seq_id, n_seq, mode, clip_eps, kl_coef, beta, normalizer, chunk_size,
+        hidden, weight, targets, coef.detach(), mask, *(None if x is None else x.detach()
+                                                        for x in (old_logp, ref_logp)),
+        seq_id, n_seq, mode, clip_eps, kl_coef, beta, normalizer, chunk_size,
         grad_on and hidden.requires_grad, grad_on and weight.requires_grad)
     return loss, dict(zip(_stat_names(mode, ref_logp is not None), stats.unbind()))
-
-
-def _detached(x):
-    return None if x is None else x.detach()
 
 
 @torch.no_grad()

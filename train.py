@@ -64,9 +64,9 @@ STAGES = ("warmup", "alive", "align", "merge", "domain", "refine", "all", "compa
 class Config:
     stage: str = "all"          # one of STAGES
     model: str = ""             # input model directory; "" builds the tiny default:
-    tiny_layers: int = 2        #   its decoder layers,
-    tiny_hidden: int = 128      #   hidden size (the MLP is 3x wider)
-    tiny_heads: int = 4         #   and attention heads
+    tiny_layers: int = 2        # ... its decoder layers,
+    tiny_hidden: int = 128      # ... hidden size (the MLP is 3x wider)
+    tiny_heads: int = 4         # ... and attention heads
     out: str = "runs/tiny"      # run directory of this stage (or of the whole pipeline)
     steps: int = 0              # optimizer steps of the stage; 0 = that stage's default below
     warmup_steps: int = 1000    # default steps of warmup
@@ -97,6 +97,7 @@ class Config:
     kl_coef: float = 0.0        # k3 KL to the sampling policy (off by default)
     alpha_floor: float = 0.5    # lowest weight of the verifier in the solver's reward
     alpha_steps: int = 100      # steps over which alpha anneals from 1 to alpha_floor
+    audits: bool = False        # alive: the judge also judges a reference and a slipped solution
     promote: float = 0.6        # curriculum: raise a family's level when its solve rate is above
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family
@@ -137,7 +138,8 @@ def parse_args(argv):
         except ValueError:
             sys.exit(f"train.py: --{key}={value!r} is not a valid {kind.__name__}")
         setattr(cfg, key, parsed)
-    checks = {"stage": STAGES, "reward": ("verbal", "scalar"), "checkpointing": ("auto", "on", "off"),
+    checks = {"stage": STAGES, "reward": ("verbal", "scalar"),
+              "checkpointing": ("auto", "on", "off"),
               "ability": tasks.FAMILIES[:3], "merge_method": merging.METHODS}
     for key, valid in checks.items():
         if getattr(cfg, key) not in valid:
@@ -152,7 +154,8 @@ def parse_args(argv):
     if not set(levels) <= set(tasks.LEVELS):
         sys.exit(f"train.py: --demo_levels={cfg.demo_levels!r}; levels are {tasks.LEVELS}")
     if len(mix) != len(roles.DEMO_KINDS) or min(mix) < 0 or sum(mix) <= 0:
-        sys.exit(f"train.py: --demo_mix={cfg.demo_mix!r} needs {len(roles.DEMO_KINDS)} weights >= 0, "
+        sys.exit(f"train.py: --demo_mix={cfg.demo_mix!r} needs {len(roles.DEMO_KINDS)} weights "
+                 ">= 0, "
                  f"not all 0, for {','.join(roles.DEMO_KINDS)}")
     if cfg.corpus:
         try:
@@ -184,8 +187,8 @@ class MicroBatch:
 
 def micro_batches(groups, pad_id, device):
     """One MicroBatch per group of samples, then padding ones up to the most any rank has (at
-    least one): every FSDP forward is a collective, so every rank runs as many. A padding batch (one pad token,
-    coefficient 0, mask False) gives exactly 0 loss and 0 gradient, KL term included."""
+    least one): every FSDP forward is a collective, so every rank runs as many. A padding batch
+    (one pad token, coefficient 0, mask False) gives exactly 0 loss and 0 gradient."""
     count = max(1, int(M.all_reduce([len(groups)], "max")[0]))
     out = []
     for group in groups + [None] * (count - len(groups)):
@@ -377,8 +380,15 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     # 2. solve: N solutions per problem; 3. judge each in words, the reference answer in view
     each = [p for p in problems for _ in range(cfg.solutions)]
     sols = sample_texts(policy, tok, [roles.solve_prompt(p.task.prompt) for p in each], cfg, gen)
-    critiques = sample_texts(policy, tok, [roles.judge_prompt(p.task.prompt, p.task.answer, s.text)
-                                           for p, s in zip(each, sols)], cfg, gen)
+    # audits: a reference and a slipped solution per problem, judged too, so the judge's
+    # reward is not agreement on mostly wrong solutions alone (which teaches it to reject all)
+    audited = [(p, text, truth) for p in (problems if cfg.audits else []) for text, truth in
+               ((tasks.solve(p.task), 1.0), (tasks.corrupt(p.task, rng)[0], 0.0))]
+    judged = [(p, s.text) for p, s in zip(each, sols)] + [(p, text) for p, text, _ in audited]
+    critiques = sample_texts(policy, tok, [roles.judge_prompt(p.task.prompt, p.task.answer, text)
+                                           for p, text in judged], cfg, gen)
+    for (p, _, truth), c in zip(audited, critiques[len(sols):]):
+        p.audits.append((c, roles.parse_verdict(c.text), truth))
     for p, s, c in zip(each, sols, critiques):
         p.solutions.append(s)
         p.correct.append(float(evaluation.score(p.task, s.text)))
@@ -776,7 +786,8 @@ def compare(cfg):
                                os.path.join(cfg.out, "cmp_scalar"), big, rl_step, cfg.rl_lr,
                                time.time() + budget)
     # the control continues the warm-up's own mix (no judge-only phase) at a tenth of its rate
-    arms["sft"] = run_stage(dataclasses.replace(cfg, judge_first=0), "sft", warm, os.path.join(cfg.out, "cmp_sft"), big,
+    arms["sft"] = run_stage(dataclasses.replace(cfg, judge_first=0), "sft", warm,
+                            os.path.join(cfg.out, "cmp_sft"), big,
                             warmup_step, cfg.lr * 0.1, time.time() + budget)
     if not only_main_goes_on():
         return arms

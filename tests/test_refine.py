@@ -69,6 +69,13 @@ def test_samples_take_group_advantages_and_token_credit():
     assert pose == [pytest.approx([1.0, 1.0], rel=1e-5), pytest.approx([-1.0, -1.0], rel=1e-5)]
 
 
+def test_an_audit_is_rewarded_for_agreement_alone():
+    p = posing([0.0], [False], gains=[1.0], revised=[True])
+    p.audits = [(Said(2), True, 1.0), (Said(2), True, 0.0), (Said(2), None, 0.0)]
+    _, rewards = self_play_samples([p], 1.0)
+    assert rewards["judge"] == [2.0, 1.0, 0.0, 0.0]  # its critique's gain counts, an audit's not
+
+
 def test_alpha_schedule():
     assert alpha_schedule(0, 100, 0.2) == 1.0
     assert alpha_schedule(50, 100, 0.2) == pytest.approx(0.6)

@@ -146,7 +146,12 @@ def scripted_roles(tok, known_tasks=None):
                 task = tasks.validate(family, text, int(level), split="train")
             task_of[task.prompt] = task
             return text
-        if role == "judge":
+        if role == "judge":  # the solutions it wrote, else an audit: the reference or a slip
+            if prompt not in critique_of:
+                task = task_of[prompt.split("#problem\n", 1)[1].split("\n#", 1)[0]]
+                reference = roles.judge_prompt(task.prompt, task.answer, tasks.solve(task))
+                return tasks.critique(task, tasks.solve(task)) if prompt == reference else \
+                    "Verdict: incorrect"
             return critique_of[prompt]
         task = task_of[prompt.split("#problem\n", 1)[1].split("\n#", 1)[0]]
         if role == "solve":
@@ -200,6 +205,23 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     assert [(x["correct"], x["verdict"], x["revision_gain"]) for x in rollout["solutions"]] == \
         [(True, True, None), (False, False, 1)] * 2
     assert all((x["revision"] is None) == x["correct"] for x in rollout["solutions"])
+
+
+def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monkeypatch):
+    policy, tok = M.load(tiny)
+    monkeypatch.setattr(train, "sample_texts", scripted_roles(tok))
+    plan = [("deduction", 1), ("induction", 2)]
+    rewards = {}
+    for audits in (False, True):
+        cfg = train.parse_args(["--families=deduction,induction", "--posings=2", "--solutions=4",
+                                f"--audits={audits}"])
+        samples, stats, _, _ = train.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
+                                                    None, step=0)
+        rewards[audits] = stats["reward/judge"]
+    assert len(rewards[True]) == len(rewards[False]) + 2 * 4  # two audits per problem
+    # per problem: its 4 judgements, then its two audits, which the scripted critic gets right
+    audit_rewards = [r for k in range(4) for r in rewards[True][6 * k + 4:6 * k + 6]]
+    assert audit_rewards == [1.0] * 8
 
 
 def test_refine_pairs_and_thoughts_from_scripted_roles(tiny, tmp_path, monkeypatch):
