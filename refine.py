@@ -24,7 +24,6 @@
    Modes: "pg" (clipped policy gradient, optional k3 KL), "nll", "dpo" (refinement pairs).
 
 4. Refinement (AvR): rounds of critique -> revise, preference pairs, long refinement thoughts.
-
 Tests: tests/test_refine.py, tests/test_loss.py; benchmark: python tests/bench_loss.py."""
 import re
 from dataclasses import dataclass, field
@@ -41,10 +40,9 @@ MODES = ("pg", "nll", "dpo")
 
 @dataclass
 class Posing:
-    """One posing of a self-play step and everything done with it. A stand-in (`pose` None) is
-    an environment task solved for a seed none of whose posings was valid."""
+    """One posing of a self-play step and everything done with it (see `pose` for stand-ins)."""
     family: str
-    pose: object = None        # the poser's completion (model.Completion); None: a stand-in
+    pose: object = None        # the poser's completion; None: a stand-in (no posing was valid)
     task: object = None        # the environment's Task; None: it refused the posing
     duplicate: bool = False    # repeats an earlier valid posing of the batch
     solutions: list = field(default_factory=list)  # N completions of the solve prompt
@@ -72,13 +70,12 @@ def self_play_samples(posings, alpha):
             verdict, truth = p.verdicts[j], p.correct[j]
             rows.append(("solve", solution, (1 - alpha) * float(verdict is True) + alpha * truth,
                          ("solve", i), p.steps[j], p.pointers[j]))
-            agrees = float(verdict is not None and verdict == bool(truth))
-            rows.append(("judge", p.critiques[j], agrees + p.gains[j], ("judge", i), None, None))
+            rows.append(("judge", p.critiques[j], agreement(verdict, truth) + p.gains[j],
+                         ("judge", i), None, None))
             if p.revisions[j] is not None:
                 rows.append(("revise", p.revisions[j], p.gains[j], ("revise", i), None, None))
         for critique, verdict, truth in p.audits:
-            agrees = float(verdict is not None and verdict == bool(truth))
-            rows.append(("judge", critique, agrees, ("judge", i), None, None))
+            rows.append(("judge", critique, agreement(verdict, truth), ("judge", i), None, None))
     group_ids = {}
     advantages, keep = group_advantages(
         [r[2] for r in rows], [group_ids.setdefault(r[3], len(group_ids)) for r in rows])
@@ -89,11 +86,14 @@ def self_play_samples(posings, alpha):
     return samples, rewards
 
 
+def agreement(verdict, truth):
+    """1.0 when the judge's verdict (True / False / None: unparsable) matches the verifier."""
+    return float(verdict is not None and verdict == bool(truth))
+
+
 def alpha_schedule(step, total, floor):
     """The verifier's weight in the solver's reward: 1 at step 0, linearly to `floor` at `total`."""
-    if total <= 0:
-        return floor
-    return 1.0 - (1.0 - floor) * min(max(step / total, 0.0), 1.0)
+    return floor if total <= 0 else 1.0 - (1.0 - floor) * min(max(step / total, 0.0), 1.0)
 
 
 def revision_gain(original_correct, revised_correct):

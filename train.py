@@ -413,7 +413,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     stats = {**{f"reward/{role}": r for role, r in rewards.items()},
              "acc/solve": [c for p in problems for c in p.correct],
              "pose_validity": [float(p.task is not None) for p in posings if p.pose is not None],
-             "judge_agreement": [float(v is not None and v == bool(c))
+             "judge_agreement": [R.agreement(v, c)
                                  for p in problems for v, c in zip(p.verdicts, p.correct)]}
     solved = [(p.task.family, p.task.level, c) for p in problems for c in p.correct]
     # one whole rollout for samples.jsonl: the first posing, and the first problem (that
