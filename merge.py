@@ -65,7 +65,6 @@ import shutil
 import sys
 
 import torch
-import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -300,8 +299,7 @@ def save_state(policy, optimizer, path, meta):
     model.barrier()
     model_sd, optim_sd = get_state_dict(policy, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    torch.save(rng_state(), os.path.join(tmp, f"rng_{rank}.pt"))
+    torch.save(rng_state(), os.path.join(tmp, f"rng_{model.rank()}.pt"))
     model.barrier()
     if model.is_main():
         with open(os.path.join(tmp, "meta.json"), "w") as f:
@@ -328,8 +326,8 @@ def load_state(policy, optimizer, path):
     with open(os.path.join(path, "meta.json")) as f:
         meta = json.load(f)
     if meta.pop("world", 1) == model.world():
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        set_rng_state(torch.load(os.path.join(path, f"rng_{rank}.pt"), weights_only=False))
+        set_rng_state(torch.load(os.path.join(path, f"rng_{model.rank()}.pt"),
+                                 weights_only=False))
     return meta
 
 

@@ -462,8 +462,12 @@ def teardown_distributed():
         dist.destroy_process_group()
 
 
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def is_main():
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return rank() == 0
 
 
 def world():
