@@ -43,8 +43,8 @@ TINY_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{%
 def build_tiny_tokenizer(texts=(), vocab_size=1024):
     """BPE over printable ASCII (+ pad/bos/eos/unk), merges learned from `texts`. Merges never
     cross a TINY_PIECES piece: frequent words become single tokens, numbers are spelled in digits
-    as by Llama-2's tokenizer (in judge-only probes, README "Learning to judge", digits let answer
-    comparison be learned in more runs and sooner than whole-number tokens)."""
+    as by Llama-2's tokenizer (in judge-only probes, README "Learning to judge and to solve",
+    digits let answer comparison be learned in more runs and sooner than whole-number tokens)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     core = Tokenizer(models.BPE(unk_token="<unk>"))
