@@ -9,7 +9,7 @@ Judging here is learnable only by comparing the solution's answer with the refer
 is what the critique's first line does; a model that always says one verdict scores 0.5.
 With `--role=solve` it is trained on reference solutions alone (`--demo_mix=1,0,0,0,0`) and
 scored by greedy accuracy on held-out problems of `--eval_levels` (by default the trained
-levels and the one above them, which is never demonstrated).
+levels and the one above them, if any, which is never demonstrated).
 Each seed builds its own model (both skills are learned late and abruptly, so one run can
 miss it).
 
@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as evaluation  # noqa: E402
+import tasks  # noqa: E402
 import train  # noqa: E402
 
 MIX = {"judge": "0,1,0,0,0", "solve": "1,0,0,0,0"}  # weights of roles.DEMO_KINDS
@@ -58,9 +59,11 @@ def run_seed(args, seed, flags, out):
     families = cfg.families.split(",")
     row = {"seed": seed, "steps": steps, "train_s": round(trained)}
     if args.role == "solve":
-        levels = args.eval_levels or f"{args.levels},{max(map(int, args.levels.split(','))) + 1}"
-        items = evaluation.held_out(families, [int(x) for x in levels.split(",")], args.n,
-                                    seed=seed)
+        trained_levels = [int(x) for x in args.levels.split(",")]
+        above = [lv for lv in tasks.LEVELS if lv == max(trained_levels) + 1]  # none above 5
+        levels = [int(x) for x in args.eval_levels.split(",")] if args.eval_levels else \
+            trained_levels + above
+        items = evaluation.held_out(families, levels, args.n, seed=seed)
         greedy = evaluation.solver_metrics(generate_fn, items, 0, 1.0)[0]["greedy"]
         return {**row, "accuracy": greedy["overall"]["mean"], "se": greedy["overall"]["se"],
                 "per_level": {lv: s["mean"] for lv, s in sorted(greedy["level"].items())},
