@@ -155,8 +155,7 @@ def parse_args(argv):
         sys.exit(f"train.py: --demo_levels={cfg.demo_levels!r}; levels are {tasks.LEVELS}")
     if len(mix) != len(roles.DEMO_KINDS) or min(mix) < 0 or sum(mix) <= 0:
         sys.exit(f"train.py: --demo_mix={cfg.demo_mix!r} needs {len(roles.DEMO_KINDS)} weights "
-                 ">= 0, "
-                 f"not all 0, for {','.join(roles.DEMO_KINDS)}")
+                 f">= 0, not all 0, for {','.join(roles.DEMO_KINDS)}")
     if cfg.corpus:
         try:
             CORPUS[cfg.corpus] = tasks.load_corpus(cfg.corpus)
