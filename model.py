@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 TINY_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]  # printable ASCII and newline
 TINY_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-# Pieces a token never crosses: a word with its leading space, a letter, a digit, an arrow, a sign.
-TINY_PIECES = r" ?[A-Za-z]{2,}|[A-Za-z]|\d|<->|->|[^\sA-Za-z\d]|\n|\s"
+# Pieces a token never crosses: a word with its leading space, a letter, a number, an arrow, a sign.
+TINY_PIECES = r" ?[A-Za-z]{2,}|[A-Za-z]|\d+|<->|->|<-|[^\sA-Za-z\d]|\n|\s"
 # Identity plus bos: roles.py renders through the chat template, and the tiny model's plain-text
 # role markers must come through untouched.
 TINY_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -42,9 +42,10 @@ TINY_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{%
 
 def build_tiny_tokenizer(texts=(), vocab_size=1024):
     """BPE over printable ASCII (+ pad/bos/eos/unk), merges learned from `texts`. Merges never
-    cross a TINY_PIECES piece: frequent words become single tokens, numbers are spelled in digits
-    as by Llama-2's tokenizer (in judge-only probes, README "Learning to judge and to solve",
-    digits let answer comparison be learned in more runs and sooner than whole-number tokens)."""
+    cross a TINY_PIECES piece, and the vocabulary is large enough for every piece of the texts to
+    become one token: a word, and a whole number (as Llama-3's tokenizer holds numbers up to 999),
+    so comparing two answers is comparing two tokens (README, "Learning to judge and to
+    solve", measures judging with both)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     core = Tokenizer(models.BPE(unk_token="<unk>"))
