@@ -15,7 +15,7 @@ Families (L = level):
              one per rule. Answer: `a=0,b=1,c=1` (alphabetical).
   abduction  2-4 causes, each heading a chain of L rules to an effect; one effect is seen: which
              cause explains it? Chains are equally long, so counting links or reading positions
-             finds nothing. Steps: the chain traced back.
+             finds nothing. Steps: the chain traced back, `v<-m` (a rule `m->v` read backwards).
   corpus     a raw document (a story of L events changing a count) with one number masked as
              `[?]`, which the rest determines. Steps: L folds of the count.
 
@@ -190,15 +190,17 @@ def _ded_read(text):
 
 # ----------------------------------------------------------------------------- abduction
 def _abd_solve(chains, seen, slip=None):
-    """Trace the seen effect back to its cause; a slip jumps to another chain's node."""
+    """Trace the seen effect back to its cause, one `child<-parent` link a step (each step starts
+    where the one before ended, so a longer chain is more of the same); a slip jumps to another
+    chain's node."""
     at = next(i for i, c in enumerate(chains) if c[-1] == seen)
     depth, steps = len(chains[at]) - 1, []
     for k in range(1, depth + 1):
-        j = depth - k  # the step from chains[at][j] to chains[at][j + 1]
+        j = depth - k  # the step from chains[at][j + 1] back to chains[at][j]
         child = chains[at][j + 1]
         if slip and slip[0] == k:
             at = (at + slip[1]) % len(chains)
-        steps.append(f"{chains[at][j]}->{child}")
+        steps.append(f"{child}<-{chains[at][j]}")
     return steps, chains[at][0]
 
 
