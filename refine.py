@@ -7,6 +7,8 @@
        solver   r = (1 - alpha) [v = correct] + alpha y      (alpha: 1 -> alpha_floor)
        judge    r = [v = y] + g of the revision written from its critique (an audit: [v = y])
        reviser  r = g = y(revision) - y(original)             (alignment via refinement)
+       self-correction: a revision with g = 1 also joins its posing's solutions, in the solve
+                prompt, with r = 1: the solver learns what the critique taught the reviser
 
 2. Advantages: A = (r - mean) / std within a group (the solutions of one posing; the posers of
    one family); a group whose rewards are all equal is dropped. Token credit: a solution with
@@ -26,7 +28,7 @@
 4. Refinement (AvR): rounds of critique -> revise, preference pairs, long refinement thoughts.
 Tests: tests/test_refine.py, tests/test_loss.py; benchmark: python tests/bench_loss.py."""
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +61,7 @@ class Posing:
 def self_play_samples(posings, alpha):
     """[(role, completion, per-token coefficients)] of one self-play step: each role's reward
     (the equations above), its advantage within its group, and the solver's token credit; and
-    {role: rewards}."""
+    {role: rewards}. Role "corrected" is a self-correction: a revision in its solution's prompt."""
     rows = []  # (role, completion, reward, group, steps of its tokens, flagged step)
     for i, p in enumerate(posings):
         rate = sum(p.correct) / len(p.correct) if p.correct else 0.0
@@ -74,6 +76,9 @@ def self_play_samples(posings, alpha):
                          ("judge", i), None, None))
             if p.revisions[j] is not None:
                 rows.append(("revise", p.revisions[j], p.gains[j], ("revise", i), None, None))
+            if p.gains[j] > 0:  # r = 1 is the group's highest: this sample is only pulled up
+                rows.append(("corrected", replace(p.revisions[j], prompt_ids=solution.prompt_ids),
+                             1.0, ("solve", i), None, None))
         for critique, verdict, truth in p.audits:
             rows.append(("judge", critique, agreement(verdict, truth), ("judge", i), None, None))
     group_ids = {}

@@ -3,6 +3,7 @@
 Run: python -m pytest -q tests/test_refine.py
 """
 import math
+from dataclasses import dataclass
 
 import refine
 
@@ -24,10 +25,15 @@ def test_near_duplicate_marks_only_later_repeats():
     assert near_duplicate(["abcdef", "abcdxy"], threshold=0.5) == [False, False]
 
 
+@dataclass
 class Said:
-    """A stand-in completion: only its token ids matter to the samples."""
-    def __init__(self, n):
-        self.ids = list(range(n))
+    """A stand-in completion: only its token ids (and its prompt's) matter to the samples."""
+    n: int
+    prompt_ids: tuple = ()
+
+    @property
+    def ids(self):
+        return list(range(self.n))
 
 
 def posing(correct, verdicts, pointers=None, gains=None, revised=None, family="deduction",
@@ -67,6 +73,22 @@ def test_samples_take_group_advantages_and_token_credit():
     two = [posing([1.0, 0.0], [True, False]), posing([1.0, 1.0], [True, True])]
     pose = [coef for role, _, coef in self_play_samples(two, 1.0)[0] if role == "pose"]
     assert pose == [pytest.approx([1.0, 1.0], rel=1e-5), pytest.approx([-1.0, -1.0], rel=1e-5)]
+
+
+def test_a_revision_that_fixes_the_answer_joins_the_solutions_in_the_solve_prompt():
+    p = posing([0.0, 0.0, 0.0], [False, False, True], gains=[1.0, 0.0, 0.0],
+               revised=[True, True, False])
+    p.solutions = [Said(3, prompt_ids=("solve", k)) for k in range(3)]
+    p.revisions[0] = Said(4, prompt_ids=("revise", 0))
+    samples, rewards = self_play_samples([p], alpha=1.0)
+    corrected = [(c, coef) for role, c, coef in samples if role == "corrected"]
+    assert len(corrected) == 1 and rewards["solve"] == [0.0, 0.0, 0.0]
+    c, coef = corrected[0]
+    assert c.prompt_ids == ("solve", 0) and c.ids == [0, 1, 2, 3]  # the revision, solve prompt
+    # rewards 0, 0, 0 and 1 in one group: mean 1/4, population std sqrt(3)/4
+    assert coef == pytest.approx([math.sqrt(3)] * 4, rel=1e-5)
+    solve = [coef for role, _, coef in samples if role == "solve"]
+    assert solve == [pytest.approx([-1 / math.sqrt(3)] * 3, rel=1e-5)] * 3
 
 
 def test_an_audit_is_rewarded_for_agreement_alone():
