@@ -224,6 +224,42 @@ def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monke
     assert audit_rewards == [1.0] * 8
 
 
+def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny):
+    policy, tok = M.load(tiny)
+    cfg = train.parse_args(["--families=induction,abduction"])
+    share = train.verdict_check(policy, tok, cfg, [1, 2], n=6)
+    cases = train.VERDICT_CASES[(cfg.families, (1, 2), cfg.seed, cfg.hints)]
+    assert len(cases) == 12  # a reference and a slipped solution of each of 6 problems
+    with torch.no_grad():
+        hits = sum(int(policy.lm(input_ids=torch.tensor([prompt])).logits[0, -1].argmax()) == t
+                   for prompt, [t] in cases)
+    assert share == pytest.approx(hits / len(cases))
+    # the target opens the critique's second line: `Verdict: correct` or `Step k is wrong`
+    starts = [tok.decode([t]).strip() for _, [t] in cases]
+    assert sum("Verdict".startswith(s) for s in starts) == 6
+    assert sum("Step".startswith(s) for s in starts) == 6
+
+
+def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
+    policy, tok = M.load(tiny)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    cfg = train.parse_args(["--judge_first=100", "--judge_pass=0.9", "--batch=2"])
+    checks, mixes = iter([0.5, 0.95]), []
+    monkeypatch.setattr(train, "CHECK_EVERY", 2)
+    monkeypatch.setattr(train, "verdict_check", lambda *a: next(checks))
+    real = train.demonstration
+    monkeypatch.setattr(train, "demonstration",
+                        lambda rng, tok, cfg, levels, mix: mixes.append(mix) or
+                        real(rng, tok, cfg, levels, mix))
+    state = {}
+    logged = [train.warmup_step(policy, optimizer, tok, cfg, step, 0, state)[0]
+              for step in range(6)]
+    assert [m.get("verdict_check") for m in logged] == [None, 0.5, None, 0.95, None, None]
+    assert state["judge_learned"] == 4
+    judge_only = [float(kind == "judge") for kind in roles.DEMO_KINDS]
+    assert mixes == [judge_only] * 8 + [train.demo_settings(cfg)[1]] * 4
+
+
 def test_refine_pairs_and_thoughts_from_scripted_roles(tiny, tmp_path, monkeypatch):
     """Half the solutions wrong, the critic catches each, the revision fixes it and is then
     accepted: every wrong solution gives, per chain, one (revision > original) pair and one
