@@ -7,7 +7,9 @@
 
 Stages (each reads a model directory and writes `<out>/model`, `<out>/metrics.jsonl`):
   warmup   NLL on demonstrations of every role at levels 1-2 (roles.demonstration_text) and
-           on raw documents.
+           on raw documents; with --judge_first, judge demonstrations alone until a held-out
+           verdict check passes (judging is learned late and abruptly, and not at all when
+           mixed with the other roles from the start).
   alive    self-play: per step B seeds, M posings each (validated by the environment), N
            solutions per valid posing, every solution judged in words and revised if not
            accepted; rewards per role from refine.py; one clipped policy-gradient loss.
@@ -31,7 +33,9 @@ Simplifications, stated plainly:
     experiments;
   - p_hat and a revision's correctness come from the verifier, which every family here has;
     the judge's verdict enters the solver's reward with weight 1 - alpha;
-  - a revision is trained in its own critique-conditioned prompt, never moved to the solve one;
+  - a revision is trained in its own critique-conditioned prompt; one that fixes the answer is
+    also trained in the solve prompt with reward 1 (the off-policy part of self-correction: its
+    ratio is taken against the solve prompt as if sampled there);
   - DPO in `refine` uses the sampling policy as its reference (no second copy);
   - every step's randomness derives from (seed, step, rank): a resumed run repeats the
     uninterrupted one exactly on CPU.
@@ -319,9 +323,9 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
     samples = [demonstration(rng, tok, cfg, levels, mix)
                for _ in range(max(1, cfg.batch // M.world()))]
     metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
-    if judge_phase and (step + 1) % CHECK_EVERY == 0:
+    if cfg.judge_first and (step + 1) % CHECK_EVERY == 0:  # logged after the phase too
         metrics["verdict_check"] = verdict_check(policy, tok, cfg, levels)
-        if metrics["verdict_check"] >= cfg.judge_pass:
+        if judge_phase and metrics["verdict_check"] >= cfg.judge_pass:
             state["judge_learned"] = step + 1
     return metrics, []
 

@@ -236,15 +236,15 @@ def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny):
     assert share == pytest.approx(hits / len(cases))
     # the target opens the critique's second line: `Verdict: correct` or `Step k is wrong`
     starts = [tok.decode([t]).strip() for _, [t] in cases]
-    assert sum("Verdict".startswith(s) for s in starts) == 6
-    assert sum("Step".startswith(s) for s in starts) == 6
+    assert starts[0::2] == ["Verdict"[:len(s)] for s in starts[0::2]] and starts[0] != ""
+    assert starts[1::2] == ["Step"[:len(s)] for s in starts[1::2]] and starts[1] != ""
 
 
 def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     policy, tok = M.load(tiny)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     cfg = train.parse_args(["--judge_first=100", "--judge_pass=0.9", "--batch=2"])
-    checks, mixes = iter([0.5, 0.95]), []
+    checks, mixes = iter([0.5, 0.95, 0.7]), []
     monkeypatch.setattr(train, "CHECK_EVERY", 2)
     monkeypatch.setattr(train, "verdict_check", lambda *a: next(checks))
     real = train.demonstration
@@ -254,8 +254,8 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     state = {}
     logged = [train.warmup_step(policy, optimizer, tok, cfg, step, 0, state)[0]
               for step in range(6)]
-    assert [m.get("verdict_check") for m in logged] == [None, 0.5, None, 0.95, None, None]
-    assert state["judge_learned"] == 4
+    assert [m.get("verdict_check") for m in logged] == [None, 0.5, None, 0.95, None, 0.7]
+    assert state["judge_learned"] == 4  # and stays: 0.7 later does not reopen the phase
     judge_only = [float(kind == "judge") for kind in roles.DEMO_KINDS]
     assert mixes == [judge_only] * 8 + [train.demo_settings(cfg)[1]] * 4
 
