@@ -52,7 +52,8 @@ import tasks
 DEFAULT_N = 600
 REDRAWS = 10  # tries for a problem not yet in its cell before a repeat is accepted
 CURVES = ("reward/pose", "reward/solve", "reward/judge", "reward/revise", "acc/solve",
-          "judge_agreement", "pose_validity", "loss", "entropy")  # plus other reward/*, acc/*
+          "judge_agreement", "pose_validity", "corrected", "verdict_check", "loss",
+          "entropy")  # plus other reward/*, acc/*
 NO_MATPLOTLIB = "matplotlib is not installed, so no curves were drawn (pip install matplotlib)"
 
 

@@ -8,7 +8,8 @@
        judge    r = [v = y] + g of the revision written from its critique (an audit: [v = y])
        reviser  r = g = y(revision) - y(original)             (alignment via refinement)
        self-correction: a revision with g = 1 also joins its posing's solutions, in the solve
-                prompt, with r = 1: the solver learns what the critique taught the reviser
+                prompt, with r = 1: the solver learns what the critique taught the reviser (and
+                a group of only wrong solutions, which would be dropped, now pushes them down)
 
 2. Advantages: A = (r - mean) / std within a group (the solutions of one posing; the posers of
    one family); a group whose rewards are all equal is dropped. Token credit: a solution with

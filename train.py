@@ -7,9 +7,9 @@
 
 Stages (each reads a model directory and writes `<out>/model`, `<out>/metrics.jsonl`):
   warmup   NLL on demonstrations of every role at levels 1-2 (roles.demonstration_text) and
-           on raw documents; with --judge_first, judge demonstrations alone until a held-out
-           verdict check passes (judging is learned late and abruptly, and not at all when
-           mixed with the other roles from the start).
+           on raw documents; with --judge_first=N, judge demonstrations alone for at most N
+           steps, ending early once a held-out verdict check passes (judging is learned late
+           and abruptly, and not at all when mixed with the other roles from the start).
   alive    self-play: per step B seeds, M posings each (validated by the environment), N
            solutions per valid posing, every solution judged in words and revised if not
            accepted; rewards per role from refine.py; one clipped policy-gradient loss.
@@ -330,34 +330,43 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
     return metrics, []
 
 
-CHECK_EVERY = 100  # judge-only steps between two verdict checks
-VERDICT_CASES = {}  # (families, levels, seed, hints) -> the check's (prompt ids, target id) pairs
+CHECK_EVERY = 100  # warm-up steps between two verdict checks
+VERDICT_CASES = {}  # (tokenizer, families, levels, n, seed, hints) -> (prompt ids, target id)s
 
 
 def verdict_check(policy, tok, cfg, levels, n=64):
     """The share of 2n held-out judgements (n reference solutions, n slipped ones) whose verdict
     the model gets right when the teacher's first critique line (the two answers side by side)
-    is given: the next token is `Verdict` or `Step`. One forward, no sampling."""
-    key = (cfg.families, tuple(levels), cfg.seed, cfg.hints)
+    is given: the next token is `Verdict` or `Step`. Teacher-forced, no sampling; its problems
+    are drawn apart from the evaluation's (eval.held_out with their own seed)."""
+    key = (tok.name_or_path, len(tok), cfg.families, tuple(levels), n, cfg.seed, cfg.hints)
     if key not in VERDICT_CASES:
         cases = []
-        for task in evaluation.held_out(cfg.families.split(","), levels, n, seed=cfg.seed):
+        for task in evaluation.held_out(cfg.families.split(","), levels, n,
+                                        seed=f"verdict-check:{cfg.seed}"):
             for solution in (tasks.solve(task), tasks.corrupt(task, random.Random(task.prompt))[0]):
                 critique = tasks.critique(task, solution)
                 head = tok(critique.split("\n")[0] + "\n", add_special_tokens=False)["input_ids"]
                 whole = tok(critique, add_special_tokens=False)["input_ids"]
+                if whole[:len(head)] != head:
+                    raise ValueError(f"verdict check: the tokenizer {tok.name_or_path!r} merges "
+                                     "across the critique's first line break; use --judge_first=0")
                 prompt = roles.render(tok, roles.judge_prompt(task.prompt, task.answer, solution),
                                       cfg.hints)
                 cases.append((M.encode(tok, [prompt])[0] + head, [whole[len(head)]]))
         VERDICT_CASES[key] = cases
-    cases = VERDICT_CASES[key]
-    packed = M.pack([p for p, _ in cases], [t for _, t in cases], tok.pad_token_id,
-                    M.device_of(policy))
+    cases, hits = VERDICT_CASES[key], 0
+    policy.eval()  # no activation checkpointing, no dropout
     with torch.no_grad():
-        hits = M.run_head(policy, packed, lambda h, w: (torch.mm(h, w.t().to(h.dtype)).argmax(-1)
-                                                         == packed.targets).sum())
-    # every rank computed the same cases; the mean keeps them in exact agreement
-    return M.all_reduce([float(hits) / len(cases)])[0] / M.world()
+        for i in range(0, len(cases), cfg.micro_batch):
+            chunk = cases[i:i + cfg.micro_batch]
+            packed = M.pack([p for p, _ in chunk], [t for _, t in chunk], tok.pad_token_id,
+                            M.device_of(policy))
+            hits += int(M.run_head(policy, packed, lambda h, w: (
+                torch.mm(h.float(), w.t().float()).argmax(-1) == packed.targets).sum()))
+    policy.train()
+    # every rank scored the same cases; the mean keeps them in exact agreement
+    return M.all_reduce([hits / len(cases)])[0] / M.world()
 
 
 # ----------------------------------------------------------------------------- self-play

@@ -15,7 +15,7 @@ miss it).
 
 Run: python tests/bench_judge.py [--role=judge|solve] [--seconds=300 | --steps=2000] [--seeds=2]
         [--levels=1,2] [--eval_levels=1,2,3] [--n=200]
-        [--tiny_layers=2 --tiny_hidden=128 --lr=2e-3 --batch=32 --threads=2]
+        [--tiny_layers=2 --tiny_hidden=128 --lr=4e-3 --batch=32 --threads=2]
 """
 import argparse
 import json

@@ -56,8 +56,8 @@ def test_load_missing_path_names_it(tmp_path):
 
 
 def test_tiny_tokenizer_keeps_words_and_numbers_whole():
-    """Trained on the world's texts: every word and every number of the world is one token, any
-    ASCII text round-trips, and pieces never cross a word boundary."""
+    """Trained on the world's texts: a number of the world is one token, and so is a word the
+    texts hold, any ASCII text round-trips, and pieces never cross a word boundary."""
     import roles
     import tasks
     texts = roles.world_texts(0, per_cell=10)
@@ -66,6 +66,7 @@ def test_tiny_tokenizer_keeps_words_and_numbers_whole():
     assert tok.tokenize("27+2=29") == ["27", "+", "2", "=", "29"]
     assert all(len(tok.tokenize(str(n))) == 1 for n in range(tasks.LIMIT + 1))
     assert tok.tokenize("b->~c") == ["b", "->", "~", "c"]
+    assert tok.tokenize("c<-b") == ["c", "<-", "b"]
     for text in texts[:50] + ["unseen WORDS & odd ~ chars {}|", "x" * 30]:
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     chars = M.build_tiny_tokenizer()  # no texts: one token per character

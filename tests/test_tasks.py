@@ -100,6 +100,26 @@ def test_corpus_mask_is_determined_by_the_rest_of_the_story(level):
         assert fits == [int(t.answer)], t.prompt
 
 
+def test_abduction_steps_walk_back_one_link_each_from_the_seen_effect():
+    """Reference and slipped solutions alike: step k is `child<-parent`, its child the parent of
+    step k - 1 (the first the seen effect); the reference walks the rules backwards to the
+    answer, a slip jumps to another chain and walks on from there."""
+    rng = random.Random(4)
+    for level in tasks.LEVELS:
+        for t in draws("abduction", level, 20, seed=2):
+            rules, _, seen = parse_abduction(t.prompt)
+            parent_of = {b: a for a, b in rules}
+            slipped, k = tasks.corrupt(t, rng)
+            for text in (tasks.solve(t), slipped):
+                *steps, answer = text.split("\n")
+                links = [step.split("<-") for step in steps]
+                assert len(links) == level and all(len(link) == 2 for link in links), text
+                assert [c for c, _ in links] == [seen] + [p for _, p in links[:-1]], text
+                miscopied = text == slipped and k == level + 1  # the slip is the Answer line
+                assert (answer == f"Answer: {links[-1][1]}") != miscopied, text
+            assert all(parent_of[c] == p for c, p in (s.split("<-") for s in t.steps))
+
+
 # ----------------------------------------------------------------------------- the ladder
 
 @pytest.mark.parametrize("family", ["induction", "deduction", "abduction"])

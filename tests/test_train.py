@@ -198,6 +198,9 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
             assert all(c == 0 for st, c in zip(steps, s.coef) if st < flagged)
             assert all(c < 0 for st, c in zip(steps, s.coef) if st >= flagged)
     assert any(s.coef[0] == 0 for s in by_role["solve"])  # credit did split some solutions
+    # each fixed revision also joins its solutions, pulled up, in the solve prompt
+    assert stats["corrected"] == [0.0, 1.0] * 16
+    assert len(by_role["corrected"]) == 16 and all(min(s.coef) > 0 for s in by_role["corrected"])
     assert solved and all(correct in (0.0, 1.0) for _, _, correct in solved)
     [rollout] = shown  # samples.jsonl: the whole story of the first problem
     assert rollout["valid"]
@@ -228,7 +231,7 @@ def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny):
     policy, tok = M.load(tiny)
     cfg = train.parse_args(["--families=induction,abduction"])
     share = train.verdict_check(policy, tok, cfg, [1, 2], n=6)
-    cases = train.VERDICT_CASES[(cfg.families, (1, 2), cfg.seed, cfg.hints)]
+    [cases] = [v for k, v in train.VERDICT_CASES.items() if k[2:4] == (cfg.families, (1, 2))]
     assert len(cases) == 12  # a reference and a slipped solution of each of 6 problems
     with torch.no_grad():
         hits = sum(int(policy.lm(input_ids=torch.tensor([prompt])).logits[0, -1].argmax()) == t
@@ -236,8 +239,9 @@ def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny):
     assert share == pytest.approx(hits / len(cases))
     # the target opens the critique's second line: `Verdict: correct` or `Step k is wrong`
     starts = [tok.decode([t]).strip() for _, [t] in cases]
-    assert starts[0::2] == ["Verdict"[:len(s)] for s in starts[0::2]] and starts[0] != ""
-    assert starts[1::2] == ["Step"[:len(s)] for s in starts[1::2]] and starts[1] != ""
+    assert all(starts)
+    assert starts[0::2] == ["Verdict"[:len(s)] for s in starts[0::2]]
+    assert starts[1::2] == ["Step"[:len(s)] for s in starts[1::2]]
 
 
 def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
