@@ -654,7 +654,7 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
     for step in bar:
         began = time.time()
         for group in optimizer.param_groups:
-            group["lr"] = lr * lr_factor(cfg, stage, step, None if deadline else steps)
+            group["lr"] = lr * lr_factor(cfg, stage, step, None if deadline else steps, state)
         metrics, shown = step_fn(policy, optimizer, tok, cfg, step, rank, state)
         metrics.update(stage=stage, step=step, lr=optimizer.param_groups[0]["lr"],
                        seconds=time.time() - began)
@@ -681,10 +681,16 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
     return os.path.join(out, "model")
 
 
-def lr_factor(cfg, stage, step, steps):
+def lr_factor(cfg, stage, step, steps, state=None):
     """Linear warm-up, then constant for RL stages and cosine decay to 10% over `steps` for the
     NLL warm-up (a small model trained by NLL ends clearly lower with the decay). A run that
-    ends at a deadline (`steps` None) has no horizon to decay over and stays constant."""
+    ends at a deadline (`steps` None) has no horizon to decay over and stays constant.
+    With --judge_first the judge-only phase has a schedule of its own over its N steps, and the
+    mixed phase one over the steps left: judging was learned as the rate decayed, and not in
+    5,000 judge-only steps at a nearly constant rate (README, "Learning to judge")."""
+    if stage == "warmup" and steps is not None and cfg.judge_first:
+        end = min((state or {}).get("judge_learned", cfg.judge_first), steps)
+        step, steps = (step, cfg.judge_first) if step < end else (step - end, steps - end)
     warm = min(1.0, (step + 1) / max(1, cfg.lr_warmup))
     if stage != "warmup" or steps is None:
         return warm

@@ -4,6 +4,7 @@ Small step counts, a one-layer model, short completions: seconds per stage.
 Run: python -m pytest -q tests/test_train.py
 """
 import json
+import math
 import os
 import random
 import signal
@@ -262,6 +263,19 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     assert state["judge_learned"] == 4  # and stays: 0.7 later does not reopen the phase
     judge_only = [float(kind == "judge") for kind in roles.DEMO_KINDS]
     assert mixes == [judge_only] * 8 + [train.demo_settings(cfg)[1]] * 4
+
+
+def test_the_judge_only_phase_has_a_learning_rate_schedule_of_its_own():
+    plain = train.parse_args([])
+    cfg = train.parse_args(["--judge_first=100"])
+    judge_only = [train.lr_factor(plain, "warmup", s, 100) for s in range(100)]
+    assert judge_only[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
+    assert [train.lr_factor(cfg, "warmup", s, 1000, {}) for s in range(1000)] == \
+        judge_only + [train.lr_factor(plain, "warmup", s, 900) for s in range(900)]
+    # a phase that ended early, after step 39: the mixed phase decays over the other 960 steps
+    assert [train.lr_factor(cfg, "warmup", s, 1000, {"judge_learned": 40}) for s in range(1000)] \
+        == judge_only[:40] + [train.lr_factor(plain, "warmup", s, 960) for s in range(960)]
+    assert train.lr_factor(cfg, "alive", 500, 1000, {}) == 1.0  # RL stages: constant
 
 
 def test_refine_pairs_and_thoughts_from_scripted_roles(tiny, tmp_path, monkeypatch):
