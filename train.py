@@ -108,7 +108,8 @@ class Config:
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
     demo_mix: str = "3,3,2,1,1"  # warmup: relative frequency of solve,judge,revise,pose,text demos
     judge_first: int = 0        # warmup: at most N first steps on judge demonstrations only,
-    judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share
+    judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share;
+    mixed_lr: float = 0.25      # ... then the mixed phase peaks at this share of lr
     merge_method: str = "task_arithmetic"  # merge: linear|task_arithmetic|ties|dare
     merge_density: float = 0.5  # merge: ties/dare density
     merge_models: str = ""      # merge: comma-separated dirs; "" = <out>/../align_<ability>/model
@@ -686,12 +687,15 @@ def lr_factor(cfg, stage, step, steps, state=None):
     NLL warm-up (a small model trained by NLL ends clearly lower with the decay). A run that
     ends at a deadline (`steps` None) has no horizon to decay over and stays constant.
     With --judge_first the judge-only phase has a schedule of its own over its N steps, and the
-    mixed phase one over the steps left: judging was learned as the rate decayed, and not in
-    5,000 judge-only steps at a nearly constant rate (README, "Learning to judge")."""
+    mixed phase one over the steps left, peaking at `mixed_lr` times the rate: judging was
+    learned as the rate decayed (not in 5,000 judge-only steps at a nearly constant rate), and
+    was wiped out within 100 mixed steps back at the full rate (README, "Learning to judge")."""
+    scale = 1.0
     if stage == "warmup" and steps is not None and cfg.judge_first:
         end = min((state or {}).get("judge_learned", cfg.judge_first), steps)
-        step, steps = (step, cfg.judge_first) if step < end else (step - end, steps - end)
-    warm = min(1.0, (step + 1) / max(1, cfg.lr_warmup))
+        step, steps, scale = (step, cfg.judge_first, 1.0) if step < end else \
+            (step - end, steps - end, cfg.mixed_lr)
+    warm = scale * min(1.0, (step + 1) / max(1, cfg.lr_warmup))
     if stage != "warmup" or steps is None:
         return warm
     return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))

@@ -270,11 +270,13 @@ def test_the_judge_only_phase_has_a_learning_rate_schedule_of_its_own():
     cfg = train.parse_args(["--judge_first=100"])
     judge_only = [train.lr_factor(plain, "warmup", s, 100) for s in range(100)]
     assert judge_only[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
-    assert [train.lr_factor(cfg, "warmup", s, 1000, {}) for s in range(1000)] == \
-        judge_only + [train.lr_factor(plain, "warmup", s, 900) for s in range(900)]
+    mixed = cfg.mixed_lr
+    assert [train.lr_factor(cfg, "warmup", s, 1000, {}) for s in range(1000)] == pytest.approx(
+        judge_only + [mixed * train.lr_factor(plain, "warmup", s, 900) for s in range(900)])
     # a phase that ended early, after step 39: the mixed phase decays over the other 960 steps
     assert [train.lr_factor(cfg, "warmup", s, 1000, {"judge_learned": 40}) for s in range(1000)] \
-        == judge_only[:40] + [train.lr_factor(plain, "warmup", s, 960) for s in range(960)]
+        == pytest.approx(judge_only[:40] + [mixed * train.lr_factor(plain, "warmup", s, 960)
+                                            for s in range(960)])
     assert train.lr_factor(cfg, "alive", 500, 1000, {}) == 1.0  # RL stages: constant
 
 
