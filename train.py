@@ -106,6 +106,7 @@ class Config:
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
+    judge_levels: str = ""      # warmup: levels of judge and pose demonstrations; "" = the same
     demo_mix: str = "3,3,2,1,1"  # warmup: relative frequency of solve,judge,revise,pose,text demos
     judge_first: int = 0        # warmup: at most N first steps on judge demonstrations only,
     judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share;
@@ -155,10 +156,13 @@ def parse_args(argv):
         sys.exit(f"train.py: --families has {bad}; valid: {', '.join(tasks.FAMILIES)}")
     try:
         levels, mix = demo_settings(cfg)
+        judged = judge_levels(cfg)
     except ValueError:
-        sys.exit("train.py: --demo_levels and --demo_mix take comma-separated numbers")
-    if not set(levels) <= set(tasks.LEVELS):
-        sys.exit(f"train.py: --demo_levels={cfg.demo_levels!r}; levels are {tasks.LEVELS}")
+        sys.exit("train.py: --demo_levels, --judge_levels and --demo_mix take comma-separated "
+                 "numbers")
+    if not set(levels) | set(judged) <= set(tasks.LEVELS):
+        sys.exit(f"train.py: --demo_levels={cfg.demo_levels!r}, --judge_levels="
+                 f"{cfg.judge_levels!r}; levels are {tasks.LEVELS}")
     if len(mix) != len(roles.DEMO_KINDS) or min(mix) < 0 or sum(mix) <= 0:
         sys.exit(f"train.py: --demo_mix={cfg.demo_mix!r} needs {len(roles.DEMO_KINDS)} weights "
                  f">= 0, not all 0, for {','.join(roles.DEMO_KINDS)}")
@@ -283,11 +287,20 @@ def demo_settings(cfg):
             [float(x) for x in cfg.demo_mix.split(",")])
 
 
+def judge_levels(cfg):
+    """Levels of the judge and pose demonstrations (--judge_levels, else --demo_levels)."""
+    return [int(x) for x in (cfg.judge_levels or cfg.demo_levels).split(",")]
+
+
 def demonstration(rng, tok, cfg, levels, mix):
     """One NLL example of a random role on a task of one of `levels` (1-2 by default; corpus text
-    for language modelling), the role drawn with the weights `mix`."""
+    for language modelling), the role drawn with the weights `mix`. Judge and pose examples may
+    take other levels (--judge_levels): neither role solves, so showing them the longer
+    problems demonstrates no solving."""
     family, level = rng.choice(cfg.families.split(",")), rng.choice(levels)
     kind = rng.choices(roles.DEMO_KINDS, mix)[0]
+    if cfg.judge_levels and kind in ("judge", "pose"):
+        level = rng.choice(judge_levels(cfg))
     if kind == "text":
         return nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)
     return nll_sample(tok, kind, *roles.demonstration_text(rng, family, level, kind), cfg)
@@ -325,7 +338,7 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
                for _ in range(max(1, cfg.batch // M.world()))]
     metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
     if cfg.judge_first and (step + 1) % CHECK_EVERY == 0:  # logged after the phase too
-        metrics["verdict_check"] = verdict_check(policy, tok, cfg, levels)
+        metrics["verdict_check"] = verdict_check(policy, tok, cfg, judge_levels(cfg))
         if judge_phase and metrics["verdict_check"] >= cfg.judge_pass:
             state["judge_learned"] = step + 1
     return metrics, []

@@ -265,6 +265,22 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     assert mixes == [judge_only] * 8 + [train.demo_settings(cfg)[1]] * 4
 
 
+def test_judge_and_pose_demonstrations_take_their_own_levels(tiny, monkeypatch):
+    _, tok = M.load(tiny)
+    shown, real = [], roles.demonstration_text
+    monkeypatch.setattr(roles, "demonstration_text", lambda rng, family, level, kind:
+                        shown.append((kind, level)) or real(rng, family, level, kind))
+    cfg = train.parse_args(["--demo_levels=1", "--judge_levels=4,5"])
+    rng, (levels, mix) = random.Random(0), train.demo_settings(cfg)
+    for _ in range(200):
+        train.demonstration(rng, tok, cfg, levels, mix)
+    by_kind = {}
+    for kind, level in shown:
+        by_kind.setdefault(kind, set()).add(level)
+    assert by_kind["solve"] == by_kind["revise"] == {1}
+    assert by_kind["judge"] == by_kind["pose"] == {4, 5}
+
+
 def test_the_judge_only_phase_has_a_learning_rate_schedule_of_its_own():
     plain = train.parse_args([])
     cfg = train.parse_args(["--judge_first=100"])
