@@ -106,7 +106,7 @@ class Config:
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
-    judge_levels: str = ""      # warmup: levels of judge and pose demonstrations; "" = the same
+    judge_levels: str = ""      # warmup: levels of judge and pose demonstrations; "" = demo_levels
     demo_mix: str = "3,3,2,1,1"  # warmup: relative frequency of solve,judge,revise,pose,text demos
     judge_first: int = 0        # warmup: at most N first steps on judge demonstrations only,
     judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share;
