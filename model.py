@@ -44,8 +44,7 @@ def build_tiny_tokenizer(texts=(), vocab_size=1024):
     """BPE over printable ASCII (+ pad/bos/eos/unk), merges learned from `texts`. Merges never
     cross a TINY_PIECES piece, and the vocabulary is large enough for every piece of the texts to
     become one token: a word, and a whole number (as Llama-3's tokenizer holds numbers up to 999),
-    so comparing two answers is comparing two tokens (README, "Learning to judge and to
-    solve", measures judging with both)."""
+    so comparing two answers is comparing two tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     core = Tokenizer(models.BPE(unk_token="<unk>"))

@@ -4,8 +4,8 @@ A task is a chain of `level` steps of one kind, each checkable alone (level k+1 
 The environment computes every answer; a slip carries through the later steps to the answer (as
 real slips do), so the verdict compares final answers and the critique names the first wrong
 step. Numbers stay in 0..LIMIT (29); a step is `x+d=y` or `x-d=y`, d in 1..STEP (5): with numbers
-up to 99 a tiny model solved levels 1-2 about half as often (README, "Learning to judge and to
-solve").
+up to 99 a tiny model solved levels 1-2 about half as often (a solve-only probe of
+tests/bench_judge.py, in git history before the README's tables were remeasured).
 
 Families (L = level):
   induction  a sequence made by adding fixed steps (one, or two in turn); find the term L places
