@@ -267,21 +267,25 @@ def token_steps(tok, ids, text):
 DEMO_KINDS = ("solve", "judge", "revise", "pose", "text")  # "text": a raw document
 
 
-def demonstration_text(rng, family, level, kind):
-    """(prompt, completion) of one demonstration of `kind` (a role) on a fresh train task."""
+def demonstrations(rng, family, level, kind):
+    """(prompt, completion)s of one demonstration of `kind` (a role) on a fresh train task. A
+    judge demonstration is a contrastive pair: the task's reference solution and the same
+    solution with one slip, each with its critique. Shown one at a time, the tiny judge stayed
+    at chance on the numeric and letter answers for 2,000 steps; shown side by side in one
+    batch, the only difference between the two is whether the answers match, and the
+    comparison is learned (README, "Learning to judge")."""
     task = tasks.sample(family, level, rng, "train")
     if kind == "solve":
-        return solve_prompt(task.prompt), tasks.solve(task)
+        return [(solve_prompt(task.prompt), tasks.solve(task))]
     if kind == "judge":
-        solution = tasks.solve(task) if rng.random() < 0.5 else tasks.corrupt(task, rng)[0]
-        return (judge_prompt(task.prompt, task.answer, solution),
-                tasks.critique(task, solution))
+        return [(judge_prompt(task.prompt, task.answer, solution), tasks.critique(task, solution))
+                for solution in (tasks.solve(task), tasks.corrupt(task, rng)[0])]
     if kind == "revise":
         wrong = tasks.corrupt(task, rng)[0]
-        return (revise_prompt(task.prompt, wrong, tasks.critique(task, wrong)),
-                tasks.solve(task))
+        return [(revise_prompt(task.prompt, wrong, tasks.critique(task, wrong)),
+                 tasks.solve(task))]
     document = task.canonical if family == "corpus" else None
-    return pose_prompt(family, level, document), tasks.pose_text(task)
+    return [(pose_prompt(family, level, document), tasks.pose_text(task))]
 
 
 def world_texts(seed, per_cell=60):
@@ -293,6 +297,6 @@ def world_texts(seed, per_cell=60):
     for family in tasks.FAMILIES:
         for level in tasks.LEVELS:
             for kind in DEMO_KINDS[:4]:
-                texts += ["".join(demonstration_text(rng, family, level, kind))
-                          for _ in range(per_cell)]
+                texts += ["".join(pair) for _ in range(per_cell)
+                          for pair in demonstrations(rng, family, level, kind)]
     return texts

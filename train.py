@@ -6,7 +6,7 @@
         --rl_lr=1e-6
 
 Stages (each reads a model directory and writes `<out>/model`, `<out>/metrics.jsonl`):
-  warmup   NLL on demonstrations of every role at levels 1-2 (roles.demonstration_text) and
+  warmup   NLL on demonstrations of every role at levels 1-2 (roles.demonstrations) and
            on raw documents; with --judge_first=N, judge demonstrations alone for at most N
            steps, ending early once a held-out verdict check passes (judging is learned late
            and abruptly, and not at all when mixed with the other roles from the start).
@@ -88,7 +88,7 @@ class Config:
     lr_warmup: int = 10         # linear learning-rate warm-up steps
     grad_clip: float = 1.0      # max global grad norm
     weight_decay: float = 0.0   # AdamW's decoupled weight decay
-    batch: int = 32             # warmup: demonstrations per step (per rank: batch / world)
+    batch: int = 32             # warmup: demonstration samples per step (per rank: / world)
     seeds: int = 8              # alive: seeds (problem families x levels) per step, all ranks
     posings: int = 2            # alive: M posings per seed
     solutions: int = 4          # alive: N solutions per valid posing
@@ -106,8 +106,9 @@ class Config:
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
-    judge_levels: str = ""      # warmup: levels of judge and pose demonstrations; "" = demo_levels
-    demo_mix: str = "3,3,2,1,1"  # warmup: relative frequency of solve,judge,revise,pose,text demos
+    judge_levels: str = ""      # warmup: levels of judge and pose demos after the judge-only
+                                #   phase; "" = demo_levels
+    demo_mix: str = "3,3,2,1,1"  # warmup: share of solve,judge,revise,pose,text samples
     judge_first: int = 0        # warmup: at most N first steps on judge demonstrations only,
     judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share;
     mixed_lr: float = 0.25      # ... then the mixed phase peaks at this share of lr
@@ -288,22 +289,25 @@ def demo_settings(cfg):
 
 
 def judge_levels(cfg):
-    """Levels of the judge and pose demonstrations (--judge_levels, else --demo_levels)."""
+    """Levels of the judge and pose demonstrations after the judge-only phase (--judge_levels,
+    else --demo_levels)."""
     return [int(x) for x in (cfg.judge_levels or cfg.demo_levels).split(",")]
 
 
-def demonstration(rng, tok, cfg, levels, mix):
-    """One NLL example of a random role on a task of one of `levels` (1-2 by default; corpus text
-    for language modelling), the role drawn with the weights `mix`. Judge and pose examples may
-    take other levels (--judge_levels): neither role solves, so showing them the longer
-    problems demonstrates no solving."""
-    family, level = rng.choice(cfg.families.split(",")), rng.choice(levels)
-    kind = rng.choices(roles.DEMO_KINDS, mix)[0]
-    if cfg.judge_levels and kind in ("judge", "pose"):
-        level = rng.choice(judge_levels(cfg))
+def demonstration(rng, tok, cfg, levels, mix, judged):
+    """NLL samples of one demonstration of a random role on a task of one of `levels` (1-2 by
+    default; corpus text for language modelling), or for the judge and the poser one of
+    `judged`: neither role solves, so showing them longer problems demonstrates no solving.
+    `mix` weighs the roles by their share of samples, so a judge demonstration (a pair,
+    roles.demonstrations) is drawn at half its weight."""
+    family = rng.choice(cfg.families.split(","))
+    kind = rng.choices(roles.DEMO_KINDS, [w / 2 if k == "judge" else w
+                                          for k, w in zip(roles.DEMO_KINDS, mix)])[0]
+    level = rng.choice(judged if kind in ("judge", "pose") else levels)
     if kind == "text":
-        return nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)
-    return nll_sample(tok, kind, *roles.demonstration_text(rng, family, level, kind), cfg)
+        return [nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)]
+    return [nll_sample(tok, kind, prompt, completion, cfg)
+            for prompt, completion in roles.demonstrations(rng, family, level, kind)]
 
 
 def raw_document(rng, cfg):
@@ -326,19 +330,23 @@ def step_randomness(cfg, step, rank):
 
 
 def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
-    """One NLL step on demonstrations. Judging is learned late and abruptly, after a number of
-    steps that varies from run to run (tests/bench_judge.py), so the first `judge_first` steps
-    show judge demonstrations only, and that phase ends early once `verdict_check` passes."""
+    """One NLL step on demonstrations. Judging is learned late and abruptly, and not at all
+    when mixed with the other roles from the start (tests/bench_judge.py), so the first
+    `judge_first` steps show judge demonstrations of `demo_levels` only, and that phase ends
+    early once `verdict_check` passes; the judge and the poser see `judge_levels` after it."""
     rng, _ = step_randomness(cfg, step, rank)
     levels, mix = demo_settings(cfg)
     judge_phase = step < cfg.judge_first and "judge_learned" not in state
     if judge_phase:
         mix = [float(kind == "judge") for kind in roles.DEMO_KINDS]
-    samples = [demonstration(rng, tok, cfg, levels, mix)
-               for _ in range(max(1, cfg.batch // M.world()))]
+    judged = levels if judge_phase else judge_levels(cfg)
+    samples, size = [], max(1, cfg.batch // M.world())
+    while len(samples) < size:
+        samples += demonstration(rng, tok, cfg, levels, mix, judged)
+    samples = samples[:size]  # a judge pair drawn last may lose its second half
     metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
     if cfg.judge_first and (step + 1) % CHECK_EVERY == 0:  # logged after the phase too
-        metrics["verdict_check"] = verdict_check(policy, tok, cfg, judge_levels(cfg))
+        metrics["verdict_check"] = verdict_check(policy, tok, cfg, levels)
         if judge_phase and metrics["verdict_check"] >= cfg.judge_pass:
             state["judge_learned"] = step + 1
     return metrics, []

@@ -5,6 +5,7 @@ Run: python -m pytest -q tests/test_roles.py
 """
 
 import random
+import re
 import time
 import types
 
@@ -264,3 +265,20 @@ def test_step_numbers_match_what_the_judge_sees():
     starts = [0] + [i + 1 for i in range(len(sol) - 1) if steps[i + 1] != steps[i]]
     for n, i in enumerate(starts, 1):
         assert steps[i] == n and seen[n - 1].lstrip("\\").startswith(sol[i:i + 3])
+
+
+def test_judge_demonstrations_are_contrastive_pairs():
+    """Every judge demonstration shows one task twice: its reference solution, accepted, and
+    the same solution with one slip carried to the answer, rejected at that step."""
+    rng = random.Random(0)
+    for family in tasks.FAMILIES:
+        for level in tasks.LEVELS:
+            right, wrong = roles.demonstrations(rng, family, level, "judge")
+            assert right[0].split("#solution")[0] == wrong[0].split("#solution")[0]
+            assert roles.parse_verdict(right[1]) is True
+            assert roles.parse_verdict(wrong[1]) is False and roles.parse_pointer(wrong[1]) >= 1
+            (got, want), (slip, want_too) = [re.fullmatch(r"Got (.+), want (.+)\.", c.split(
+                "\n")[0]).groups() for _, c in (right, wrong)]
+            assert got == want == want_too != slip
+            for kind in ("solve", "revise", "pose"):
+                assert len(roles.demonstrations(rng, family, level, kind)) == 1

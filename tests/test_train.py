@@ -248,32 +248,48 @@ def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny):
 def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     policy, tok = M.load(tiny)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-    cfg = train.parse_args(["--judge_first=100", "--judge_pass=0.9", "--batch=2"])
-    checks, mixes = iter([0.5, 0.95, 0.7]), []
+    cfg = train.parse_args(["--judge_first=100", "--judge_pass=0.9", "--batch=2",
+                            "--demo_levels=1", "--judge_levels=4,5"])
+    checks, draws = iter([0.5, 0.95, 0.7]), []
     monkeypatch.setattr(train, "CHECK_EVERY", 2)
     monkeypatch.setattr(train, "verdict_check", lambda *a: next(checks))
     real = train.demonstration
     monkeypatch.setattr(train, "demonstration",
-                        lambda rng, tok, cfg, levels, mix: mixes.append(mix) or
-                        real(rng, tok, cfg, levels, mix))
+                        lambda rng, tok, cfg, levels, mix, judged:
+                        draws.append((mix, judged)) or real(rng, tok, cfg, levels, mix, judged))
     state = {}
     logged = [train.warmup_step(policy, optimizer, tok, cfg, step, 0, state)[0]
               for step in range(6)]
     assert [m.get("verdict_check") for m in logged] == [None, 0.5, None, 0.95, None, 0.7]
     assert state["judge_learned"] == 4  # and stays: 0.7 later does not reopen the phase
     judge_only = [float(kind == "judge") for kind in roles.DEMO_KINDS]
-    assert mixes == [judge_only] * 8 + [train.demo_settings(cfg)[1]] * 4
+    # batch 2: one judge pair of the demonstrated levels per step of the phase, then one or two
+    # draws of the mix, whose judge and pose demonstrations take --judge_levels
+    assert draws[:4] == [(judge_only, [1])] * 4 and len(draws) >= 6
+    assert draws[4:] == [(train.demo_settings(cfg)[1], [4, 5])] * (len(draws) - 4)
+
+
+def test_demo_mix_weighs_roles_by_their_share_of_samples(tiny):
+    """A judge draw gives a pair, so it is drawn at half its weight: --demo_mix=1,1,0,0,0 gives
+    as many judge samples as solve samples."""
+    _, tok = M.load(tiny)
+    cfg = train.parse_args(["--demo_mix=1,1,0,0,0"])
+    rng, (levels, mix) = random.Random(0), train.demo_settings(cfg)
+    samples = [s for _ in range(600)
+               for s in train.demonstration(rng, tok, cfg, levels, mix, levels)]
+    share = sum(s.role == "judge" for s in samples) / len(samples)
+    assert abs(share - 0.5) < 3 * (0.25 / len(samples)) ** 0.5 * 2 ** 0.5  # pairs: twice the var
 
 
 def test_judge_and_pose_demonstrations_take_their_own_levels(tiny, monkeypatch):
     _, tok = M.load(tiny)
-    shown, real = [], roles.demonstration_text
-    monkeypatch.setattr(roles, "demonstration_text", lambda rng, family, level, kind:
+    shown, real = [], roles.demonstrations
+    monkeypatch.setattr(roles, "demonstrations", lambda rng, family, level, kind:
                         shown.append((kind, level)) or real(rng, family, level, kind))
     cfg = train.parse_args(["--demo_levels=1", "--judge_levels=4,5"])
     rng, (levels, mix) = random.Random(0), train.demo_settings(cfg)
     for _ in range(200):
-        train.demonstration(rng, tok, cfg, levels, mix)
+        train.demonstration(rng, tok, cfg, levels, mix, train.judge_levels(cfg))
     by_kind = {}
     for kind, level in shown:
         by_kind.setdefault(kind, set()).add(level)
