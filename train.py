@@ -342,8 +342,10 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
     judged = levels if judge_phase else judge_levels(cfg)
     samples, size = [], max(1, cfg.batch // M.world())
     while len(samples) < size:
-        samples += demonstration(rng, tok, cfg, levels, mix, judged)
-    samples = samples[:size]  # a judge pair drawn last may lose its second half
+        drawn = demonstration(rng, tok, cfg, levels, mix, judged)
+        # a pair that does not fit gives one of its halves, either: always the first (the
+        # reference solution) would show the judge more accepts than rejects
+        samples += drawn if len(samples) + len(drawn) <= size else [rng.choice(drawn)]
     metrics = train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
     if cfg.judge_first and (step + 1) % CHECK_EVERY == 0:  # logged after the phase too
         metrics["verdict_check"] = verdict_check(policy, tok, cfg, levels)

@@ -250,9 +250,10 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     cfg = train.parse_args(["--judge_first=100", "--judge_pass=0.9", "--batch=2",
                             "--demo_levels=1", "--judge_levels=4,5"])
-    checks, draws = iter([0.5, 0.95, 0.7]), []
+    checks, draws, checked = iter([0.5, 0.95, 0.7]), [], []
     monkeypatch.setattr(train, "CHECK_EVERY", 2)
-    monkeypatch.setattr(train, "verdict_check", lambda *a: next(checks))
+    monkeypatch.setattr(train, "verdict_check", lambda policy, tok, cfg, levels:
+                        checked.append(levels) or next(checks))
     real = train.demonstration
     monkeypatch.setattr(train, "demonstration",
                         lambda rng, tok, cfg, levels, mix, judged:
@@ -267,6 +268,7 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     # draws of the mix, whose judge and pose demonstrations take --judge_levels
     assert draws[:4] == [(judge_only, [1])] * 4 and len(draws) >= 6
     assert draws[4:] == [(train.demo_settings(cfg)[1], [4, 5])] * (len(draws) - 4)
+    assert checked == [[1]] * 3  # the check stays on the levels the phase was shown
 
 
 def test_demo_mix_weighs_roles_by_their_share_of_samples(tiny):
@@ -278,7 +280,18 @@ def test_demo_mix_weighs_roles_by_their_share_of_samples(tiny):
     samples = [s for _ in range(600)
                for s in train.demonstration(rng, tok, cfg, levels, mix, levels)]
     share = sum(s.role == "judge" for s in samples) / len(samples)
-    assert abs(share - 0.5) < 3 * (0.25 / len(samples)) ** 0.5 * 2 ** 0.5  # pairs: twice the var
+    assert abs(share - 0.5) < 0.07  # 3 sd: judge draws ~ Bin(600, 1/3), 2 samples each
+
+
+def test_a_batch_of_one_still_shows_the_judge_both_verdicts(tiny, monkeypatch):
+    """A judge pair that does not fit the batch gives a random half, not always the first."""
+    policy, tok = M.load(tiny)
+    cfg, shown = train.parse_args(["--judge_first=100", "--batch=1"]), []
+    monkeypatch.setattr(train, "train_on", lambda policy, opt, samples, *a: shown.extend(samples))
+    for step in range(20):
+        train.warmup_step(policy, None, tok, cfg, step, 0, {})
+    verdicts = [roles.parse_verdict(tok.decode(s.ids, skip_special_tokens=True)) for s in shown]
+    assert len(shown) == 20 and set(verdicts) == {True, False}
 
 
 def test_judge_and_pose_demonstrations_take_their_own_levels(tiny, monkeypatch):
