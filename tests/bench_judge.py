@@ -2,11 +2,12 @@
 demonstrations of that role alone?
 
 A fresh tiny model (train.py's default sizes, or the flags below) is trained on the teacher's
-critiques alone (`--demo_mix=0,1,0,0,0`: half on reference solutions, half on solutions with
-one slip carried to the answer) for `--seconds` of wall time, then judges held-out items
-greedily (eval.judge_metrics: every item once with its reference solution, once corrupted).
-Judging here is learnable only by comparing the solution's answer with the reference, which
-is what the critique's first line does; a model that always says one verdict scores 0.5.
+critiques alone (`--demo_mix=0,1,0,0,0`: contrastive pairs, each task with its reference
+solution and with one slip carried to the answer) for `--seconds` of wall time, then judges
+held-out items greedily (eval.judge_metrics: every item once with its reference solution,
+once corrupted). Judging here is learnable only by comparing the solution's answer with the
+reference, which is what the critique's first line does; a model that always says one verdict
+scores 0.5.
 With `--role=solve` it is trained on reference solutions alone (`--demo_mix=1,0,0,0,0`) and
 scored by greedy accuracy on held-out problems of `--eval_levels` (by default the trained
 levels and the one above them, if any, which is never demonstrated).

@@ -1,0 +1,24 @@
+"""A fresh tiny model learns to judge one cell: the short version of tests/bench_judge.py.
+
+Judge-only training on contrastive pairs of one cell (induction, level 1), then greedy judging
+of held-out items, each once with its reference solution and once with a slipped one. Always
+giving one verdict scores 0.5, so passing needs the comparison of the two answers, learned
+from scratch in about a minute.
+
+Run: python -m pytest -q tests/test_judge_learning.py
+"""
+
+import argparse
+
+import bench_judge
+
+STEPS = 700  # seed 0, 2 threads: the verdict check went 0.50 (step 400) -> 0.88 (600) -> 0.98
+
+
+def test_a_fresh_model_learns_to_judge_one_cell(tmp_path):
+    args = argparse.Namespace(role="judge", seconds=0, steps=STEPS, levels="1", eval_levels="",
+                              n=100)
+    row = bench_judge.run_seed(args, 0, ["--families=induction", "--threads=2"], str(tmp_path))
+    assert row["steps"] == STEPS
+    assert row["agreement"] > 0.5 + 3 * row["se"], row
+    assert min(row["accepts_reference"], row["rejects_wrong"]) > 0.6, row
