@@ -278,14 +278,20 @@ def demonstrations(rng, family, level, kind):
     if kind == "solve":
         return [(solve_prompt(task.prompt), tasks.solve(task))]
     if kind == "judge":
-        return [(judge_prompt(task.prompt, task.answer, solution), tasks.critique(task, solution))
-                for solution in (tasks.solve(task), tasks.corrupt(task, rng)[0])]
+        return judge_pair(task, rng)
     if kind == "revise":
         wrong = tasks.corrupt(task, rng)[0]
         return [(revise_prompt(task.prompt, wrong, tasks.critique(task, wrong)),
                  tasks.solve(task))]
     document = task.canonical if family == "corpus" else None
     return [(pose_prompt(family, level, document), tasks.pose_text(task))]
+
+
+def judge_pair(task, rng):
+    """[(judge prompt, teacher's critique)] on `task`'s reference solution, then on the same
+    solution with one slip (tasks.corrupt, drawn with `rng`)."""
+    return [(judge_prompt(task.prompt, task.answer, solution), tasks.critique(task, solution))
+            for solution in (tasks.solve(task), tasks.corrupt(task, rng)[0])]
 
 
 def world_texts(seed, per_cell=60):

@@ -368,16 +368,14 @@ def verdict_check(policy, tok, cfg, levels, n=64):
         cases = []
         for task in evaluation.held_out(cfg.families.split(","), levels, n,
                                         seed=f"verdict-check:{cfg.seed}"):
-            for solution in (tasks.solve(task), tasks.corrupt(task, random.Random(task.prompt))[0]):
-                critique = tasks.critique(task, solution)
+            for prompt, critique in roles.judge_pair(task, random.Random(task.prompt)):
                 head = tok(critique.split("\n")[0] + "\n", add_special_tokens=False)["input_ids"]
                 whole = tok(critique, add_special_tokens=False)["input_ids"]
                 if whole[:len(head)] != head:
                     raise ValueError(f"verdict check: the tokenizer {tok.name_or_path!r} merges "
                                      "across the critique's first line break; use --judge_first=0")
-                prompt = roles.render(tok, roles.judge_prompt(task.prompt, task.answer, solution),
-                                      cfg.hints)
-                cases.append((M.encode(tok, [prompt])[0] + head, [whole[len(head)]]))
+                rendered = roles.render(tok, prompt, cfg.hints)
+                cases.append((M.encode(tok, [rendered])[0] + head, [whole[len(head)]]))
         VERDICT_CASES[key] = cases
     cases, hits = VERDICT_CASES[key], 0
     policy.eval()  # no activation checkpointing, no dropout
