@@ -45,16 +45,14 @@ import time
 
 import torch
 
+import curves
 import model
 import roles
+import sampling
 import tasks
 
 DEFAULT_N = 600
 REDRAWS = 10  # tries for a problem not yet in its cell before a repeat is accepted
-CURVES = ("reward/pose", "reward/solve", "reward/judge", "reward/revise", "acc/solve",
-          "judge_agreement", "pose_validity", "corrected", "verdict_check", "loss",
-          "entropy")  # plus other reward/*, acc/*
-NO_MATPLOTLIB = "matplotlib is not installed, so no curves were drawn (pip install matplotlib)"
 
 
 def load_for_eval(path):
@@ -72,7 +70,7 @@ def model_generate_fn(policy, tokenizer, max_new_tokens=256, batch_size=64, seed
 
     def generate_fn(prompts, temperature):
         rendered = [roles.render(tokenizer, p, hints=hints) for p in prompts]
-        return [c.text for c in model.complete(policy, tokenizer, rendered, max_new_tokens,
+        return [c.text for c in sampling.complete(policy, tokenizer, rendered, max_new_tokens,
                                                temperature=temperature, top_p=top_p,
                                                generator=generator, batch_size=batch_size)]
     return generate_fn
@@ -376,86 +374,6 @@ def format_report(report):
     return "\n\n".join(out)
 
 
-def read_metrics(path):
-    """Rows of a run's metrics.jsonl (its directory or the file), skipping unreadable lines."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return [row for row in rows if isinstance(row, dict)]
-
-
-def curve_keys(runs):
-    """Known curve keys present as numbers in any run, then other reward/* and acc/* keys."""
-    present = {k for rows in runs for row in rows for k, v in row.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-    extra = sorted(k for k in present - set(CURVES) if k.startswith(("reward/", "acc/")))
-    return [k for k in CURVES if k in present] + extra
-
-
-def steps_of(rows):
-    """x of each row: its `step` (else its index), shifted so each stage (counting its steps from
-    0) starts after the last one ended."""
-    xs, offset = [], 0
-    for i, row in enumerate(rows):
-        step = row.get("step", i)
-        step = step if isinstance(step, (int, float)) and not isinstance(step, bool) else i
-        if xs and step + offset <= xs[-1] and row.get("stage") != rows[i - 1].get("stage"):
-            offset = xs[-1] + 1 - step
-        xs.append(step + offset)
-    return xs
-
-
-def plot_curves(runs, out_png, labels=None):
-    """out_png with a subplot per curve key, a line per run (dirs or metrics.jsonl files); None
-    (after a line on stderr) without matplotlib."""
-    runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
-    labels = list(labels) if labels else [os.path.basename(os.path.normpath(str(r))) for r in runs]
-    tables = [read_metrics(r) for r in runs]
-    keys = curve_keys(tables)
-    if not keys:
-        raise ValueError(f"no curves to draw in {', '.join(map(str, runs))} "
-                         f"(known keys: {', '.join(CURVES)})")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # files only, no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(NO_MATPLOTLIB, file=sys.stderr)
-        return None
-    cols = min(len(keys), 2)
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        for table, label in zip(tables, labels):
-            points = [(x, r[key]) for x, r in zip(steps_of(table), table)
-                      if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
-            if points:
-                ax.plot(*zip(*points), label=label, linewidth=1)
-        if len(tables) == 1:  # where each stage of the run begins
-            for x, row, prev in zip(steps_of(tables[0])[1:], tables[0][1:], tables[0]):
-                if row.get("stage") != prev.get("stage"):
-                    ax.axvline(x, color="gray", linestyle=":", linewidth=1)
-        ax.set(title=key, xlabel="step")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    if len(runs) > 1:
-        axes.flat[0].legend(fontsize="small")
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(out_png)))
-    os.close(fd)
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
-
-
 def write_json(obj, path):
     """Write obj as JSON atomically: a temp file in the same folder, then os.replace."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -521,7 +439,7 @@ def main(argv=None):
             runs = [r for r in args.plot.split(",") if r]
             first = runs[0]
             folder = first if os.path.isdir(first) else os.path.dirname(os.path.abspath(first))
-            drawn = plot_curves(runs, os.path.join(folder, "curves.png"))
+            drawn = curves.plot_curves(runs, os.path.join(folder, "curves.png"))
             print(f"curves: {drawn}" if drawn else "curves: not drawn")
             status = 0 if drawn else 1
         if not args.model:

@@ -1,18 +1,13 @@
-"""The policy: one causal language model that plays every role.
+"""model.py: the policy, one causal language model that plays every role.
 
 What lives here, in order:
   1. the tiny default: a BPE tokenizer trained on the texts it will read and a small Llama, in
      Hugging Face format, loaded like a local 8B checkpoint (nothing is ever downloaded);
   2. loading, whole (`load`) or into FSDP2 shards (`load_sharded`), and `Policy`;
-  3. sampling: our own KV-cache decode loop (`generate`; `lean_decoder` for Llama families);
-  4. teacher forcing: prompt + completion batches packed for the trainer's forward;
-  5. FSDP2 sharding, `gathered_for_rollout`, and the collective helpers;
-  6. atomic directory writes (the export and the resumable state are in merge.py).
-
-The math of sampling: from logits z the token is drawn from softmax(z / T), restricted to the
-smallest set of tokens whose probability reaches top_p (nucleus); T = 0 means argmax. The draw
-inverts the cumulative distribution at a uniform u from a CPU generator, so a seed gives the same
-completions on any device.
+  3. teacher forcing: prompt + completion batches packed for the trainer's forward;
+  4. FSDP2 sharding, `gathered_for_rollout` (parameters unsharded once per rollout phase for
+     sampling.py's decode loop), and the collective helpers;
+  5. atomic directory writes (the export and the resumable state are in merge.py).
 
 `python train.py` builds the tiny default into runs/tiny/init (`--tiny_layers=4 --tiny_hidden=256
 ...` for another size). Tests: `python -m pytest -q tests/test_model.py`.
@@ -27,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 TINY_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]  # printable ASCII and newline
 TINY_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -183,212 +177,6 @@ class Policy(torch.nn.Module):
 def device_of(policy):
     """The device the policy computes on (its lm_head's; a sharded DTensor reports its own)."""
     return policy.lm.get_output_embeddings().weight.device
-
-
-# ----------------------------------------------------------------------------- sampling
-
-@dataclass
-class Rollout:
-    tokens: torch.Tensor    # [B, T] new token ids, pad after the stop token
-    lengths: torch.Tensor   # [B] number of new tokens, the stop token included
-    finished: torch.Tensor  # [B] bool: ended on a stop token (False: ran out of budget)
-
-
-def left_pad(prompts, pad_id, device):
-    """Left-padded [B, L] ids, mask, and positions (0 at the first real token), copied once."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def pick_tokens(logits, temperature, top_p, uniform):
-    """Argmax when temperature == 0, else the first token whose cumulative probability under the
-    tempered nucleus distribution reaches `uniform` [B] (inverse CDF)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    order = None
-    if top_p < 1.0:  # drop a token when the mass strictly before it already reaches top_p
-        probs, order = probs.sort(dim=-1, descending=True)
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
-    cdf = probs.cumsum(-1)
-    # 1 - u is in (0, 1], so a zero-probability token never wins; the clamp to the last token of
-    # positive probability keeps it so when a parallel cumsum rounds the cdf's flat tail
-    threshold = (1 - uniform.to(cdf.device))[:, None] * cdf[:, -1:]
-    last = (probs > 0).sum(-1) - 1 if order is not None else cdf.shape[-1] - 1
-    picked = torch.minimum((cdf < threshold).sum(-1), torch.as_tensor(last, device=cdf.device))
-    return picked if order is None else order.gather(-1, picked[:, None]).squeeze(-1)
-
-
-def last_token_logits(hidden, weight):
-    return F.linear(hidden[:, -1], weight).float()
-
-
-def hf_decoder(policy):
-    """step(ids, mask, positions) -> last-token logits, and keep(rows), through the HF forward
-    and its DynamicCache: any causal LM, any FSDP state."""
-    from transformers import DynamicCache
-    cache = DynamicCache()
-
-    def step(ids, mask, positions):
-        return policy(last_token_logits, input_ids=ids, attention_mask=mask,
-                      position_ids=positions, past_key_values=cache, use_cache=True)[0]
-    return step, cache.batch_select_indices
-
-
-LEAN_FAMILIES = ("llama", "qwen2", "mistral")
-
-
-def lean_decoder(lm, batch, max_len):
-    """Decode through the layers' weights with a preallocated KV cache: the HF Llama math
-    (RMSNorm, the model's `rotary_emb`, GQA, SiLU MLP) without its per-call overhead (output
-    capturing, masks, growing caches), most of a step for a small model. Under FSDP2 call it
-    inside `gathered_for_rollout`.
-
-    GQA is folded, not copied: the G query heads sharing a key/value head are stacked on the query
-    axis ([B, kv_heads, G * W, D]), the mask repeated G times, so attention is plain multi-head SDPA
-    with a boolean mask, which fused kernels take; `enable_gqa=True` with a mask would leave CUDA
-    only the math kernel, which expands the cache G-fold at every step."""
-    base, cfg = lm.base_model, lm.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv_heads, group = cfg.num_key_value_heads, cfg.num_attention_heads // cfg.num_key_value_heads
-    weight = base.embed_tokens.weight
-    shape = (batch, kv_heads, max_len, head_dim)
-    keys = [weight.new_zeros(shape) for _ in base.layers]
-    values = [weight.new_zeros(shape) for _ in base.layers]
-    visible = torch.zeros((batch, max_len), dtype=torch.bool, device=weight.device)
-    filled = 0  # cache positions written so far (the same for every row: left padding)
-
-    def rotate(x, cos, sin):
-        half = x.shape[-1] // 2
-        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-    def step(ids, mask, positions):
-        nonlocal filled
-        rows, width = ids.shape
-        end = filled + width
-        visible[:rows, filled:end] = mask[:, -width:].bool()
-        # a query sees real keys not in its future, and itself (no empty, NaN softmax row)
-        causal = torch.ones((width, end), dtype=torch.bool, device=ids.device).tril(filled)
-        itself = torch.zeros_like(causal)
-        itself[:, filled:].fill_diagonal_(True)
-        allowed = ((visible[:rows, None, None, :end] & causal) | itself).repeat(1, 1, group, 1)
-        h = base.embed_tokens(ids)
-        cos, sin = (x[:, None] for x in base.rotary_emb(h, positions))
-        for layer, k_cache, v_cache in zip(base.layers, keys, values):
-            attn, x = layer.self_attn, layer.input_layernorm(h)
-            q, k, v = (proj(x).view(rows, width, -1, head_dim).transpose(1, 2)
-                       for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-            k_cache[:rows, :, filled:end] = rotate(k, cos, sin)
-            v_cache[:rows, :, filled:end] = v
-            q = rotate(q, cos, sin).reshape(rows, kv_heads, group * width, head_dim)
-            out = F.scaled_dot_product_attention(q, k_cache[:rows, :, :end],
-                                                 v_cache[:rows, :, :end], attn_mask=allowed)
-            out = out.view(rows, -1, width, head_dim).transpose(1, 2).reshape(rows, width, -1)
-            h = h + attn.o_proj(out)
-            x = layer.post_attention_layernorm(h)
-            h = h + layer.mlp.down_proj(F.silu(layer.mlp.gate_proj(x)) * layer.mlp.up_proj(x))
-        filled = end
-        return last_token_logits(base.norm(h[:, -1:]), lm.get_output_embeddings().weight)
-
-    def keep(rows):
-        n = len(rows)
-        for cache in keys + values:
-            cache[:n] = cache[rows]
-        visible[:n] = visible[rows]
-    return step, keep
-
-
-def lean_supported(policy, max_len):
-    """Llama, Qwen2 (attention biases come with the modules) and Mistral: SiLU, plain logits,
-    and a sliding window (if any) longer than the sequence."""
-    cfg = policy.lm.config
-    window = getattr(cfg, "sliding_window", None) if (
-        getattr(cfg, "use_sliding_window", True) and cfg.model_type != "llama") else None
-    return (cfg.model_type in LEAN_FAMILIES and getattr(cfg, "hidden_act", "silu") == "silu"
-            and policy.logit_scale == 1.0 and (not window or max_len <= window))
-
-
-SYNC_EVERY = 8  # decoding steps between the loop's host syncs (each stalls a GPU's queue)
-
-
-@torch.inference_mode()
-def generate(policy, prompts, max_new_tokens, stop, pad_id, temperature=1.0, top_p=1.0,
-             generator=None, lean=True):
-    """Sample continuations of ragged prompts (id lists), a row ending at any `stop` id. Every
-    SYNC_EVERY steps (the only host sync) the loop stops if all rows are done, and drops the done
-    ones once they are a quarter (dropping copies the cache). All uniforms come at once from
-    `generator` (CPU; None: global). `lean`: `lean_decoder` where supported, else the HF forward.
-    Returns ordinary tensors, usable as constants in a later backward."""
-    device, batch = device_of(policy), len(prompts)
-    ids, mask, positions = left_pad(prompts, pad_id, device)
-    max_len = ids.shape[1] + max_new_tokens
-    step, keep_rows = (lean_decoder(policy.lm, batch, max_len)
-                       if lean and lean_supported(policy, max_len) else hf_decoder(policy))
-    stop = torch.tensor(stop, dtype=torch.long, device=device)
-    uniforms = (torch.rand((max_new_tokens, batch), generator=generator).to(device)
-                if temperature > 0 else torch.zeros((max_new_tokens, batch), device=device))
-    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    live = torch.arange(batch, device=device)  # original row of each row still decoding
-    done = torch.zeros(batch, dtype=torch.bool, device=device)  # finished but not yet dropped
-    logits = step(ids, mask, positions)
-    next_pos = positions[:, -1] + 1
-    for t in range(max_new_tokens):
-        token = pick_tokens(logits, temperature, top_p, uniforms[t, live]).masked_fill(done, pad_id)
-        tokens[live, t] = token
-        lengths[live] += (~done).long()
-        done = done | torch.isin(token, stop)
-        if t == max_new_tokens - 1:
-            break
-        if (t + 1) % SYNC_EVERY == 0:
-            finished = int(done.sum())
-            if finished == len(live):
-                break
-            if 4 * finished >= len(live):
-                keep = (~done).nonzero().squeeze(-1)
-                keep_rows(keep)
-                live, token, mask, next_pos, done = (
-                    x[keep] for x in (live, token, mask, next_pos, done))
-        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-        logits = step(token[:, None], mask, next_pos[:, None])
-        next_pos = next_pos + 1
-    last = tokens.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(-1)
-    finished = (lengths > 0) & torch.isin(last, stop)
-    return Rollout(tokens.clone(), lengths.clone(), finished)
-
-
-@dataclass
-class Completion:
-    prompt_ids: list   # the rendered prompt's token ids
-    ids: list          # the new token ids, the stop token included when it came
-    text: str          # the new tokens decoded, the stop token and special tokens dropped
-    finished: bool     # ended on a stop token
-
-
-def complete(policy, tokenizer, prompts, max_new_tokens, temperature=1.0, top_p=1.0,
-             generator=None, batch_size=64):
-    """One completion per rendered prompt, `batch_size` per decode loop, sorted by length."""
-    prompt_ids = encode(tokenizer, prompts)
-    stop = stop_ids(policy.lm, tokenizer)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
-    out = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        roll = generate(policy, [prompt_ids[i] for i in rows], max_new_tokens, stop,
-                        tokenizer.pad_token_id, temperature, top_p, generator)
-        tokens, lengths, finished = (x.tolist() for x in (roll.tokens, roll.lengths,
-                                                          roll.finished))  # one copy to host
-        for j, i in enumerate(rows):
-            ids = tokens[j][:lengths[j]]
-            text = tokenizer.decode(ids[:-1] if finished[j] else ids, skip_special_tokens=True)
-            out[i] = Completion(prompt_ids[i], ids, text, finished[j])
-    return out
 
 
 # ----------------------------------------------------------------------------- teacher forcing

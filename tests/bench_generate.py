@@ -1,6 +1,6 @@
-"""Benchmark: our sampler (model.generate) against Hugging Face `generate` on the tiny default.
+"""Benchmark: our sampler (sampling.generate) against Hugging Face `generate` on the tiny default.
 
-Our sampler runs its lean decoder (model.lean_decoder: the layers' weights called directly,
+Our sampler runs its lean decoder (sampling.lean_decoder: the layers' weights called directly,
 a preallocated KV cache); `ours via hf forward` is the same loop over the Hugging Face forward,
 to show what the loop alone and the lean decoder each contribute.
 
@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+import sampling  # noqa: E402
 
 
 def best_time(fn, repeats):
@@ -47,17 +48,19 @@ def main():
     policy.eval()
     texts = [f"<s>#problem\n{'abcdefgh' * (1 + i % 7)}\n#solve\n" for i in range(args.batch)]
     prompts = M.encode(tok, texts)
-    ids, mask, _ = M.left_pad(prompts, tok.pad_token_id, "cpu")
+    ids, mask, _ = sampling.left_pad(prompts, tok.pad_token_id, "cpu")
     counts = {}
 
     def ours():
-        out = M.generate(policy, prompts, args.new_tokens, [tok.eos_token_id], tok.pad_token_id,
-                         temperature=1.0, generator=torch.Generator().manual_seed(0))
+        out = sampling.generate(policy, prompts, args.new_tokens, [tok.eos_token_id],
+                                tok.pad_token_id, temperature=1.0,
+                                generator=torch.Generator().manual_seed(0))
         counts["ours"] = int(out.lengths.sum())
 
     def ours_hf_forward():
-        out = M.generate(policy, prompts, args.new_tokens, [tok.eos_token_id], tok.pad_token_id,
-                         temperature=1.0, generator=torch.Generator().manual_seed(0), lean=False)
+        out = sampling.generate(policy, prompts, args.new_tokens, [tok.eos_token_id],
+                                tok.pad_token_id, temperature=1.0,
+                                generator=torch.Generator().manual_seed(0), lean=False)
         counts["ours via hf forward"] = int(out.lengths.sum())
 
     def hf():

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as evaluation  # noqa: E402
 import tasks  # noqa: E402
 import train  # noqa: E402
+import warmup  # noqa: E402
 
 MIX = {"judge": "0,1,0,0,0", "solve": "1,0,0,0,0"}  # weights of roles.DEMO_KINDS
 
@@ -43,7 +44,7 @@ def trained_model(role, seconds, seed, levels, flags, out, steps=None):
     torch.set_num_threads(cfg.threads or os.cpu_count())
     start = time.time()
     model = train.run_stage(cfg, "warmup", train.base_model(cfg), os.path.join(out, role),
-                            steps or 10**9, train.warmup_step, cfg.lr,
+                            steps or 10**9, warmup.warmup_step, cfg.lr,
                             deadline=None if steps else start + seconds)
     trained = time.time() - start
     with open(os.path.join(out, role, "metrics.jsonl")) as f:

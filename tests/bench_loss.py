@@ -60,7 +60,7 @@ def run_one(variant, chunk, repeats):
     import torch
     torch.set_num_threads(2)
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from refine import fused_loss
+    from loss import fused_loss
 
     hidden, weight, targets, coef, kw = make_inputs(torch)
     hidden.requires_grad_()

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import merge as merging
 import model as M
+import sampling
 
 out_dir = sys.argv[1]
 rank, world, device = M.setup_distributed()
@@ -54,7 +55,8 @@ opt.zero_grad()
 
 prompts = M.encode(tok, ["<s>abc", "<s>a longer one", "<s>z"])
 with M.gathered_for_rollout(policy):
-    rollout = M.generate(policy, prompts, 12, [tok.eos_token_id], tok.pad_token_id, temperature=0)
+    rollout = sampling.generate(policy, prompts, 12, [tok.eos_token_id], tok.pad_token_id,
+                                temperature=0)
 
 state_dir = os.path.join(out_dir, f"state_world{world}")
 merging.save_state(policy, opt, state_dir, {"step": 1})

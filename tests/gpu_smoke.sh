@@ -18,7 +18,7 @@ gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 python -c "import torch, transformers; print('torch', torch.__version__, '| transformers',
 transformers.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0)
 if torch.cuda.is_available() else 'cpu')"
-python -c "import model, train; model.build_tiny('$out/init', train.world_texts(0),
+python -c "import model, roles; model.build_tiny('$out/init', roles.world_texts(0),
 hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=704)"
 
 quick="--max_new_tokens=64 --seeds=4 --posings=2 --solutions=4 --batch=16 --micro_batch=8"
@@ -55,6 +55,7 @@ python - "$out/init" <<'EOF'
 import sys, torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 import model as M
+import sampling
 if not torch.cuda.is_available():
     print("SMOKE kernels: skipped (no CUDA)")
     sys.exit(0)
@@ -64,7 +65,7 @@ packed = M.pack(prompts, [[5, 6, 7], [8, 9]], tok.pad_token_id, "cuda")
 fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
 for name, backends in [(b.name, [b]) for b in fused] + [("fused", fused)]:
     results = []
-    for what, call in (("decode", lambda: M.generate(policy, prompts, 8, [-1], 0, temperature=0)),
+    for what, call in (("decode", lambda: sampling.generate(policy, prompts, 8, [-1], 0, temperature=0)),
                        ("train forward", lambda: M.run_head(policy, packed, lambda h, w: h.sum()))):
         try:
             with sdpa_kernel(backends), torch.no_grad():

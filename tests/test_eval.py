@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+import curves
 import eval as ev
 import model
 import roles
@@ -349,17 +350,17 @@ def write_run(folder, stages=(("warmup", 3), ("alive", 4))):
 
 def test_curve_keys_and_steps(tmp_path):
     write_run(str(tmp_path))
-    rows = ev.read_metrics(str(tmp_path))
+    rows = curves.read_metrics(str(tmp_path))
     assert len(rows) == 7
-    assert ev.curve_keys([rows]) == ["reward/solve", "acc/solve", "loss"]
-    xs = ev.steps_of(rows)
+    assert curves.curve_keys([rows]) == ["reward/solve", "acc/solve", "loss"]
+    xs = curves.steps_of(rows)
     assert xs == [0, 1, 2, 3, 4, 5, 6]  # the second stage starts after the first
 
 
 def test_plot_without_matplotlib_says_so(tmp_path, monkeypatch, capsys):
     write_run(str(tmp_path))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    assert ev.plot_curves([str(tmp_path)], str(tmp_path / "curves.png")) is None
+    assert curves.plot_curves([str(tmp_path)], str(tmp_path / "curves.png")) is None
     assert "matplotlib is not installed" in capsys.readouterr().err
     assert ev.main([f"--plot={tmp_path}"]) == 1
     assert not (tmp_path / "curves.png").exists()
@@ -369,8 +370,8 @@ def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     write_run(str(tmp_path / "a"))
     write_run(str(tmp_path / "b"), stages=(("sft", 5),))
-    out = ev.plot_curves([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "cmp.png"),
-                         labels=["alive", "sft"])
+    out = curves.plot_curves([str(tmp_path / "a"), str(tmp_path / "b")],
+                             str(tmp_path / "cmp.png"), labels=["alive", "sft"])
     assert out and open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert ev.main([f"--plot={tmp_path / 'a'}"]) == 0 and (tmp_path / "a" / "curves.png").exists()
 

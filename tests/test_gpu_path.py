@@ -29,9 +29,11 @@ from torch.utils._pytree import tree_leaves
 
 import merge as merging
 import model as M
-import refine as R
 import roles
+import sampling
 import train
+import update
+from loss import fused_loss
 
 from test_train import FAST, ROOT
 
@@ -77,12 +79,12 @@ def record_steps(monkeypatch):
     def finish(policy, optimizer, cfg, totals):
         seen.append(totals)
         return {}
-    monkeypatch.setattr(train, "finish_step", finish)
+    monkeypatch.setattr(update, "finish_step", finish)
     return seen
 
 
 def samples_of(lengths, advantage=1.0):
-    return [train.Sample("solve", [1] + [5] * p, [6] * c, [advantage] * c) for p, c in lengths]
+    return [update.Sample("solve", [1] + [5] * p, [6] * c, [advantage] * c) for p, c in lengths]
 
 
 @pytest.mark.parametrize("mode, args", [("nll", []), ("pg", []),
@@ -91,8 +93,8 @@ def test_train_on_puts_every_tensor_on_the_policy_device(monkeypatch, mode, args
     seen = record_steps(monkeypatch)
     cfg = train.parse_args(["--micro_batch=2"] + args)
     with OneDevice():
-        train.train_on(MetaPolicy(), None, samples_of([(3, 2), (1, 4), (2, 2)]), cfg, 0, mode,
-                       epochs=cfg.ppo_epochs)
+        update.train_on(MetaPolicy(), None, samples_of([(3, 2), (1, 4), (2, 2)]), cfg, 0, mode,
+                        epochs=cfg.ppo_epochs)
     assert len(seen) == cfg.ppo_epochs and all(t.device.type == "meta" for t in seen)
 
 
@@ -100,8 +102,8 @@ def test_dpo_update_puts_every_tensor_on_the_policy_device(monkeypatch):
     seen = record_steps(monkeypatch)
     cfg = train.parse_args(["--micro_batch=2"])
     with OneDevice():
-        train.dpo_update(MetaPolicy(), None, samples_of([(3, 2), (3, 3), (1, 2), (1, 1)]),
-                         samples_of([(2, 5)]), cfg, 0)
+        update.dpo_update(MetaPolicy(), None, samples_of([(3, 2), (3, 3), (1, 2), (1, 1)]),
+                          samples_of([(2, 5)]), cfg, 0)
     assert len(seen) == 1 and seen[0].device.type == "meta"
 
 
@@ -110,7 +112,7 @@ def test_the_device_check_catches_a_host_tensor():
     policy = MetaPolicy()
     packed = M.pack([[1, 2]], [[3, 4]], 0, "meta")
     with OneDevice(), pytest.raises(AssertionError, match="mixes"):
-        M.run_head(policy, packed, lambda h, w: R.fused_loss(h, w, packed.targets,
+        M.run_head(policy, packed, lambda h, w: fused_loss(h, w, packed.targets,
                                                               torch.ones(2), "nll"))
 
 
@@ -121,7 +123,7 @@ def test_sampling_draws_on_the_logits_device():
     uniform = torch.rand(3, generator=torch.Generator().manual_seed(0))
     with OneDevice():
         for top_p in (1.0, 0.9):
-            assert M.pick_tokens(logits, 0.8, top_p, uniform).device.type == "meta"
+            assert sampling.pick_tokens(logits, 0.8, top_p, uniform).device.type == "meta"
 
 
 # ----------------------------------------------------------------------------- collectives
@@ -135,11 +137,11 @@ def test_collectives_go_where_the_backend_reduces():
 
 
 def test_no_collective_outside_the_helpers():
-    """train.py and eval.py reach torch.distributed's collectives only through model.py's
-    helpers, which put the tensors on the backend's device."""
+    """The training and evaluation files reach torch.distributed's collectives only through
+    model.py's helpers, which put the tensors on the backend's device."""
     collectives = {"all_reduce", "all_gather", "all_gather_object", "broadcast",
                    "broadcast_object_list", "reduce_scatter", "gather", "scatter", "reduce"}
-    for name in ("train.py", "eval.py"):
+    for name in ("train.py", "warmup.py", "selfplay.py", "update.py", "eval.py"):
         tree = ast.parse(open(os.path.join(ROOT, name)).read())
         calls = [n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call)
                  and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
@@ -193,13 +195,13 @@ def test_every_rank_runs_as_many_forwards_whatever_its_data(tiny, monkeypatch):
     sgd = lambda policy: torch.optim.SGD(policy.parameters(), lr=0.0)  # noqa: E731
 
     def rl(samples):
-        return lambda policy, tok: train.train_on(policy, sgd(policy), samples, cfg,
-                                                  tok.pad_token_id, "pg", epochs=2)
+        return lambda policy, tok: update.train_on(policy, sgd(policy), samples, cfg,
+                                                   tok.pad_token_id, "pg", epochs=2)
 
     def dpo(with_data):
         def step(policy, tok):
             pairs, thoughts = dpo_samples(tok) if with_data else ([], [])
-            train.dpo_update(policy, sgd(policy), pairs[:4], thoughts, cfg, tok.pad_token_id)
+            update.dpo_update(policy, sgd(policy), pairs[:4], thoughts, cfg, tok.pad_token_id)
         return step
     for busy, idle in ((rl(samples_of([(3, 2), (1, 4), (2, 2)])), rl([])),
                        (dpo(True), dpo(False))):
@@ -253,8 +255,8 @@ def test_policy_logits_equal_the_model_logits(kind, tmp_path):
             assert not torch.allclose(F.linear(plain[packed.rows, packed.cols],
                                                policy.lm.lm_head.weight), theirs, atol=1e-3)
         prompts = [[1, 40, 41, 42], [1, 50]]
-        ids, mask, _ = M.left_pad(prompts, 0, "cpu")
-        got = M.generate(policy, prompts, 6, [-1], 0, temperature=0)
+        ids, mask, _ = sampling.left_pad(prompts, 0, "cpu")
+        got = sampling.generate(policy, prompts, 6, [-1], 0, temperature=0)
         hf = policy.lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6,
                                 do_sample=False, eos_token_id=None, pad_token_id=0)
         assert torch.equal(got.tokens, hf[:, ids.shape[1]:])
@@ -274,14 +276,15 @@ def test_every_eos_of_the_generation_config_stops_a_completion(tiny):
     of them, and so must we; the stop token is not in the text the parsers read."""
     policy, tok = M.load(tiny)
     prompts = ["#problem\na=1\n#solve\n", "x", "a longer prompt, of ragged length!"]
-    ids, mask, _ = M.left_pad(M.encode(tok, prompts), tok.pad_token_id, "cpu")
-    free = M.generate(policy, M.encode(tok, prompts), 8, [-1], tok.pad_token_id, temperature=0)
+    ids, mask, _ = sampling.left_pad(M.encode(tok, prompts), tok.pad_token_id, "cpu")
+    free = sampling.generate(policy, M.encode(tok, prompts), 8, [-1], tok.pad_token_id,
+                             temperature=0)
     second = int(free.tokens[0, 2])  # a token greedy decoding writes early: the second eos
     policy.lm.generation_config.eos_token_id = [tok.eos_token_id, second]
     assert M.stop_ids(policy.lm, tok) == sorted({tok.eos_token_id, second})
     hf = policy.lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24,
                             do_sample=False, pad_token_id=tok.pad_token_id)[:, ids.shape[1]:]
-    done = M.complete(policy, tok, prompts, 24, temperature=0)
+    done = sampling.complete(policy, tok, prompts, 24, temperature=0)
     assert done[0].finished and len(done[0].ids) <= 3
     for c, row in zip(done, hf.tolist()):
         assert c.ids == row[:len(c.ids)]  # HF pads after its stop, we end there
@@ -314,16 +317,16 @@ def test_a_padding_micro_batch_gives_exactly_zero_loss_and_gradient(tiny, monkey
     def finish(policy_, optimizer, cfg, totals):
         grads.append([p.grad for p in policy_.parameters()])
         return {"loss": totals[0].item()}
-    monkeypatch.setattr(train, "finish_step", finish)
+    monkeypatch.setattr(update, "finish_step", finish)
     cfg = train.parse_args(["--kl_coef=0.5", "--ppo_epochs=2"])
-    out = train.train_on(policy, None, [], cfg, tok.pad_token_id, "pg", epochs=2)
+    out = update.train_on(policy, None, [], cfg, tok.pad_token_id, "pg", epochs=2)
     assert out["loss"] == 0.0 and len(grads) == 2
     assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads[0])
 
 
 def dpo_samples(tok):
     def sample(prompt, text):
-        return train.Sample("solve", M.encode(tok, [prompt])[0],
+        return update.Sample("solve", M.encode(tok, [prompt])[0],
                             tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
                             [1.0] * (len(text) + 1))
     pairs = [sample(p, t) for p, t in [("#p\n1+1\n#solve\n", "Answer: 2"),
@@ -345,10 +348,10 @@ def test_dpo_micro_batches_give_the_whole_batch_gradient(tiny, monkeypatch):
             seen["loss"] = totals[0].item()
             seen["grads"] = [p.grad.clone() for p in policy_.parameters()]
             return {}
-        monkeypatch.setattr(train, "finish_step", finish)
+        monkeypatch.setattr(update, "finish_step", finish)
         pairs, thoughts = dpo_samples(tok)
-        train.dpo_update(policy, None, pairs, thoughts,
-                         train.parse_args([f"--micro_batch={micro_batch}"]), tok.pad_token_id)
+        update.dpo_update(policy, None, pairs, thoughts,
+                          train.parse_args([f"--micro_batch={micro_batch}"]), tok.pad_token_id)
         return seen
     split, whole = grads_at(2), grads_at(64)
     assert split["loss"] == pytest.approx(whole["loss"], rel=1e-6)
@@ -411,16 +414,17 @@ class CountOurSyncs(TorchFunctionMode):
 def test_decoding_syncs_with_the_host_once_every_few_tokens(tiny):
     policy, tok = M.load(tiny)
     with CountOurSyncs() as count:
-        M.generate(policy, M.encode(tok, ["ab", "c"]), 24, [-1], tok.pad_token_id, temperature=1)
-    assert len(count.places) <= math.ceil(24 / M.SYNC_EVERY), count.places
+        sampling.generate(policy, M.encode(tok, ["ab", "c"]), 24, [-1], tok.pad_token_id,
+                          temperature=1)
+    assert len(count.places) <= math.ceil(24 / sampling.SYNC_EVERY), count.places
 
 
 def test_a_training_step_syncs_with_the_host_once(tiny):
     policy, tok = M.load(tiny)
     cfg = train.parse_args(["--micro_batch=1"])  # three micro-batches
     with CountOurSyncs() as count:
-        train.train_on(policy, torch.optim.SGD(policy.parameters(), lr=0.1),
-                       samples_of([(3, 2), (1, 4), (2, 2)]), cfg, tok.pad_token_id, "pg")
+        update.train_on(policy, torch.optim.SGD(policy.parameters(), lr=0.1),
+                        samples_of([(3, 2), (1, 4), (2, 2)]), cfg, tok.pad_token_id, "pg")
     assert len(count.places) == 1, count.places
 
 
@@ -434,7 +438,7 @@ def test_lean_attention_calls_plain_multi_head_sdpa(tiny, monkeypatch):
         calls.append((q.shape[1], k.shape[1], kw.get("enable_gqa", False)))
         return sdpa(q, k, v, **kw)
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    M.generate(policy, M.encode(tok, ["ab"]), 3, [-1], tok.pad_token_id, temperature=0)
+    sampling.generate(policy, M.encode(tok, ["ab"]), 3, [-1], tok.pad_token_id, temperature=0)
     assert calls and all(q == k == 2 and not gqa for q, k, gqa in calls)  # 4 heads, 2 kv heads
 
 
@@ -492,3 +496,4 @@ def test_warmup_trains_in_training_mode_with_checkpointing(tiny, tmp_path, monke
                                 "--steps=1", "--batch=4", "--micro_batch=64",
                                 f"--checkpointing={setting}"] + FAST[:1]))
     assert len(calls) == forwards
+

@@ -1,4 +1,4 @@
-"""Tests of refine.fused_loss against a naive reference written here independently.
+"""Tests of loss.fused_loss against a naive reference written here independently.
 
 The reference materialises the full [N, V] logits, takes log_softmax and lets autograd
 differentiate; the fused loss must agree on the loss and on the gradients with respect to
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refine import fused_loss
+from loss import fused_loss
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 

@@ -1,4 +1,4 @@
-"""model.py against trusted references: Hugging Face `generate` and full forward passes.
+"""model.py and sampling.py against trusted references: Hugging Face `generate` and full forward
 
 Every test builds its own tiny model; nothing is downloaded.
 Run: python -m pytest -q tests/test_model.py
@@ -12,6 +12,7 @@ import torch
 
 import merge as merging
 import model as M
+import sampling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,13 +80,13 @@ def test_greedy_matches_hf_generate(tiny, tmp_path, family, lean):
     path = tiny if family == "llama" else qwen2_untied(str(tmp_path / "qwen2"))
     policy, tok = M.load(path)
     prompts = M.encode(tok, PROMPTS)
-    ids, mask, _ = M.left_pad(prompts, tok.pad_token_id, "cpu")
+    ids, mask, _ = sampling.left_pad(prompts, tok.pad_token_id, "cpu")
     # An untrained model rarely emits eos; take as "eos" a token that greedy decoding emits
     # early in one row, so rows stop at different steps and the row-dropping path is exercised.
-    probe = M.generate(policy, prompts, 6, stop=[-1], pad_id=tok.pad_token_id, temperature=0)
+    probe = sampling.generate(policy, prompts, 6, stop=[-1], pad_id=tok.pad_token_id, temperature=0)
     eos = int(probe.tokens[0, 3])
-    assert M.lean_supported(policy, 64)
-    ours = M.generate(policy, prompts, 24, [eos], tok.pad_token_id, temperature=0, lean=lean)
+    assert sampling.lean_supported(policy, 64)
+    ours = sampling.generate(policy, prompts, 24, [eos], tok.pad_token_id, temperature=0, lean=lean)
     hf = policy.lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24,
                             do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
     hf_new = hf[:, ids.shape[1]:]
@@ -103,10 +104,10 @@ def test_decoder_logits_equal_full_forward(tiny, lean):
     policy, tok = M.load(tiny)
     assert policy.lm.config.num_key_value_heads < policy.lm.config.num_attention_heads  # GQA
     prompts = M.encode(tok, PROMPTS)
-    ids, mask, positions = M.left_pad(prompts, tok.pad_token_id, "cpu")
+    ids, mask, positions = sampling.left_pad(prompts, tok.pad_token_id, "cpu")
     fed = torch.randint(4, 90, (len(prompts), 5), generator=torch.Generator().manual_seed(0))
-    step, _ = M.lean_decoder(policy.lm, len(prompts), ids.shape[1] + 5) if lean else \
-        M.hf_decoder(policy)
+    step, _ = sampling.lean_decoder(policy.lm, len(prompts), ids.shape[1] + 5) if lean else \
+        sampling.hf_decoder(policy)
     with torch.no_grad():
         got = [step(ids, mask, positions)]
         for t in range(4):
@@ -123,18 +124,18 @@ def test_sampling_draws_the_tempered_nucleus_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 4000)
     uniform = torch.rand(4000, generator=torch.Generator().manual_seed(0))
     probs = torch.softmax(logits[0] / 0.7, -1)
-    picks = M.pick_tokens(logits, 0.7, 1.0, uniform)
+    picks = sampling.pick_tokens(logits, 0.7, 1.0, uniform)
     share = torch.bincount(picks, minlength=4).double() / 4000
     assert (share - probs).abs().max() < 0.03
     # softmax = [.64, .24, .09, .03]: top_p .7 keeps the first two tokens only
-    picks = M.pick_tokens(logits, 1.0, 0.7, uniform)
+    picks = sampling.pick_tokens(logits, 1.0, 0.7, uniform)
     assert set(picks.tolist()) == {0, 1}
     assert abs((picks == 0).double().mean().item() - 0.64 / 0.88) < 0.03
-    assert M.pick_tokens(logits, 1.0, 1e-6, uniform).eq(0).all()
-    assert M.pick_tokens(logits, 0, 1.0, uniform).eq(0).all()
+    assert sampling.pick_tokens(logits, 1.0, 1e-6, uniform).eq(0).all()
+    assert sampling.pick_tokens(logits, 0, 1.0, uniform).eq(0).all()
     # u = 0 and u close to 1: the ends of the distribution, never a zero-probability token
     masked = torch.tensor([[-float("inf"), 0.0, 0.0, -float("inf")]] * 2)
-    assert M.pick_tokens(masked, 1.0, 1.0, torch.tensor([0.0, 1 - 1e-7])).tolist() == [2, 1]
+    assert sampling.pick_tokens(masked, 1.0, 1.0, torch.tensor([0.0, 1 - 1e-7])).tolist() == [2, 1]
 
 
 def test_sampling_is_reproducible_from_the_generator(tiny):
@@ -142,7 +143,7 @@ def test_sampling_is_reproducible_from_the_generator(tiny):
     prompts = M.encode(tok, PROMPTS)
 
     def draw(seed):
-        return M.generate(policy, prompts, 12, [tok.eos_token_id], tok.pad_token_id,
+        return sampling.generate(policy, prompts, 12, [tok.eos_token_id], tok.pad_token_id,
                           temperature=1.0, generator=torch.Generator().manual_seed(seed)).tokens
     assert torch.equal(draw(0), draw(0)) and not torch.equal(draw(0), draw(1))
 

@@ -18,10 +18,14 @@ from safetensors.torch import load_file
 
 import merge as merging
 import model as M
-import refine as R
 import roles
+import sampling
+import selfplay
 import tasks
 import train
+import update
+import warmup
+from loss import fused_loss, token_logprobs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--max_new_tokens=24", "--seeds=2", "--posings=2", "--solutions=2", "--batch=8",
@@ -71,7 +75,7 @@ def test_alive_both_rewards(tiny, tmp_path, reward):
 
 
 def rl_samples_of(prompts, completions, advantages):
-    return [train.Sample("solve", p, c, [a] * len(c))
+    return [update.Sample("solve", p, c, [a] * len(c))
             for p, c, a in zip(prompts, completions, advantages)]
 
 
@@ -88,7 +92,7 @@ def test_ratio_is_exactly_one_until_the_weights_move(tiny, dtype):
     cfg = train.parse_args(["--clip_eps=1e-3", "--micro_batch=2"])
     samples = rl_samples_of(PROMPTS, COMPLETIONS, [1.0, -1.0, 1.0])
     frozen = torch.optim.SGD(policy.parameters(), lr=0.0)
-    metrics = train.train_on(policy, frozen, samples, cfg, tok.pad_token_id, "pg", epochs=3)
+    metrics = update.train_on(policy, frozen, samples, cfg, tok.pad_token_id, "pg", epochs=3)
     assert metrics["clip_frac"] == 0.0 and metrics["tokens"] == 7
     if dtype == torch.bfloat16:
         packed = M.pack(PROMPTS, COMPLETIONS, tok.pad_token_id, "cpu")
@@ -96,7 +100,7 @@ def test_ratio_is_exactly_one_until_the_weights_move(tiny, dtype):
             logits = policy.lm(input_ids=packed.input_ids).logits  # bf16
             sampler = torch.log_softmax(logits[packed.rows, packed.cols], -1).float().gather(
                 -1, packed.targets[:, None]).squeeze(-1)
-            _, stats = M.run_head(policy, packed, lambda h, w: R.fused_loss(
+            _, stats = M.run_head(policy, packed, lambda h, w: fused_loss(
                 h, w, packed.targets, torch.ones(7), "pg", old_logp=sampler, clip_eps=1e-3))
         assert stats["clip_frac"] > 0
 
@@ -112,16 +116,16 @@ def test_clip_fraction_counts_tokens_outside_the_trust_region(tiny):
     coef = torch.tensor([a for a, c in zip(advantages, COMPLETIONS) for _ in c])
 
     def logp(policy):
-        return M.run_head(policy, packed, lambda h, w: R.token_logprobs(h, w, packed.targets))
+        return M.run_head(policy, packed, lambda h, w: token_logprobs(h, w, packed.targets))
     policy, tok = M.load(tiny)
     before = logp(policy)
-    one = train.train_on(policy, torch.optim.SGD(policy.parameters(), lr=3.0), samples, cfg,
-                         tok.pad_token_id, "pg", epochs=1)
+    one = update.train_on(policy, torch.optim.SGD(policy.parameters(), lr=3.0), samples, cfg,
+                          tok.pad_token_id, "pg", epochs=1)
     ratio = torch.exp(logp(policy) - before)
     expected = (((coef > 0) & (ratio > 1 + cfg.clip_eps)) | ((coef < 0) & (ratio < 1 - cfg.clip_eps)))
     policy, tok = M.load(tiny)
-    two = train.train_on(policy, torch.optim.SGD(policy.parameters(), lr=3.0), samples, cfg,
-                         tok.pad_token_id, "pg", epochs=2)
+    two = update.train_on(policy, torch.optim.SGD(policy.parameters(), lr=3.0), samples, cfg,
+                          tok.pad_token_id, "pg", epochs=2)
     assert one["clip_frac"] == 0.0 and 0 < expected.sum() < len(coef)
     assert two["clip_frac"] == pytest.approx(expected.double().mean().item())
 
@@ -168,19 +172,19 @@ def scripted_roles(tok, known_tasks=None):
         for p in prompts:
             text = text_for(p)
             ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            out.append(M.Completion([tok.bos_token_id], ids, text, True))
+            out.append(sampling.Completion([tok.bos_token_id], ids, text, True))
         return out
     return sample_texts
 
 
 def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     policy, tok = M.load(tiny)
-    monkeypatch.setattr(train, "sample_texts", scripted_roles(tok))
+    monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok))
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=4", "--posings=2",
                             "--solutions=4"])
     plan = [("deduction", 1), ("induction", 1), ("deduction", 2), ("induction", 2)]
-    samples, stats, solved, shown = train.alive_rollouts(policy, tok, cfg, plan,
-                                                         random.Random(0), None, step=0)
+    samples, stats, solved, shown = selfplay.alive_rollouts(policy, tok, cfg, plan,
+                                                            random.Random(0), None, step=0)
     assert stats["pose_validity"] == [1.0] * 8
     assert stats["acc/solve"] == [1.0, 0.0] * 16  # the double alternates right and wrong
     assert stats["judge_agreement"] == [1.0] * 32  # the critic is always right
@@ -213,14 +217,14 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
 
 def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monkeypatch):
     policy, tok = M.load(tiny)
-    monkeypatch.setattr(train, "sample_texts", scripted_roles(tok))
+    monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok))
     plan = [("deduction", 1), ("induction", 2)]
     rewards = {}
     for audits in (False, True):
         cfg = train.parse_args(["--families=deduction,induction", "--posings=2", "--solutions=4",
                                 f"--audits={audits}"])
-        samples, stats, _, _ = train.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
-                                                    None, step=0)
+        samples, stats, _, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
+                                                       None, step=0)
         rewards[audits] = stats["reward/judge"]
     assert len(rewards[True]) == len(rewards[False]) + 2 * 4  # two audits per problem
     # per problem: its 4 judgements, then its two audits, which the scripted critic gets right
@@ -231,8 +235,8 @@ def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monke
 def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny):
     policy, tok = M.load(tiny)
     cfg = train.parse_args(["--families=induction,abduction"])
-    share = train.verdict_check(policy, tok, cfg, [1, 2], n=6)
-    [cases] = [v for k, v in train.VERDICT_CASES.items() if k[2:4] == (cfg.families, (1, 2))]
+    share = warmup.verdict_check(policy, tok, cfg, [1, 2], n=6)
+    [cases] = [v for k, v in warmup.VERDICT_CASES.items() if k[2:4] == (cfg.families, (1, 2))]
     assert len(cases) == 12  # a reference and a slipped solution of each of 6 problems
     with torch.no_grad():
         hits = sum(int(policy.lm(input_ids=torch.tensor([prompt])).logits[0, -1].argmax()) == t
@@ -251,15 +255,15 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     cfg = train.parse_args(["--judge_first=100", "--judge_pass=0.9", "--batch=2",
                             "--demo_levels=1", "--judge_levels=4,5"])
     checks, draws, checked = iter([0.5, 0.95, 0.7]), [], []
-    monkeypatch.setattr(train, "CHECK_EVERY", 2)
-    monkeypatch.setattr(train, "verdict_check", lambda policy, tok, cfg, levels:
+    monkeypatch.setattr(warmup, "CHECK_EVERY", 2)
+    monkeypatch.setattr(warmup, "verdict_check", lambda policy, tok, cfg, levels:
                         checked.append(levels) or next(checks))
-    real = train.demonstration
-    monkeypatch.setattr(train, "demonstration",
+    real = warmup.demonstration
+    monkeypatch.setattr(warmup, "demonstration",
                         lambda rng, tok, cfg, levels, mix, judged:
                         draws.append((mix, judged)) or real(rng, tok, cfg, levels, mix, judged))
     state = {}
-    logged = [train.warmup_step(policy, optimizer, tok, cfg, step, 0, state)[0]
+    logged = [warmup.warmup_step(policy, optimizer, tok, cfg, step, 0, state)[0]
               for step in range(6)]
     assert [m.get("verdict_check") for m in logged] == [None, 0.5, None, 0.95, None, 0.7]
     assert state["judge_learned"] == 4  # and stays: 0.7 later does not reopen the phase
@@ -267,7 +271,7 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     # batch 2: one judge pair of the demonstrated levels per step of the phase, then one or two
     # draws of the mix, whose judge and pose demonstrations take --judge_levels
     assert draws[:4] == [(judge_only, [1])] * 4 and len(draws) >= 6
-    assert draws[4:] == [(train.demo_settings(cfg)[1], [4, 5])] * (len(draws) - 4)
+    assert draws[4:] == [(warmup.demo_settings(cfg)[1], [4, 5])] * (len(draws) - 4)
     assert checked == [[1]] * 3  # the check stays on the levels the phase was shown
 
 
@@ -276,9 +280,9 @@ def test_demo_mix_weighs_roles_by_their_share_of_samples(tiny):
     as many judge samples as solve samples."""
     _, tok = M.load(tiny)
     cfg = train.parse_args(["--demo_mix=1,1,0,0,0"])
-    rng, (levels, mix) = random.Random(0), train.demo_settings(cfg)
+    rng, (levels, mix) = random.Random(0), warmup.demo_settings(cfg)
     samples = [s for _ in range(600)
-               for s in train.demonstration(rng, tok, cfg, levels, mix, levels)]
+               for s in warmup.demonstration(rng, tok, cfg, levels, mix, levels)]
     share = sum(s.role == "judge" for s in samples) / len(samples)
     assert abs(share - 0.5) < 0.07  # 3 sd: judge draws ~ Bin(600, 1/3), 2 samples each
 
@@ -287,9 +291,9 @@ def test_a_batch_of_one_still_shows_the_judge_both_verdicts(tiny, monkeypatch):
     """A judge pair that does not fit the batch gives a random half, not always the first."""
     policy, tok = M.load(tiny)
     cfg, shown = train.parse_args(["--judge_first=100", "--batch=1"]), []
-    monkeypatch.setattr(train, "train_on", lambda policy, opt, samples, *a: shown.extend(samples))
+    monkeypatch.setattr(update, "train_on", lambda policy, opt, samples, *a: shown.extend(samples))
     for step in range(20):
-        train.warmup_step(policy, None, tok, cfg, step, 0, {})
+        warmup.warmup_step(policy, None, tok, cfg, step, 0, {})
     verdicts = [roles.parse_verdict(tok.decode(s.ids, skip_special_tokens=True)) for s in shown]
     assert len(shown) == 20 and set(verdicts) == {True, False}
 
@@ -300,9 +304,9 @@ def test_judge_and_pose_demonstrations_take_their_own_levels(tiny, monkeypatch):
     monkeypatch.setattr(roles, "demonstrations", lambda rng, family, level, kind:
                         shown.append((kind, level)) or real(rng, family, level, kind))
     cfg = train.parse_args(["--demo_levels=1", "--judge_levels=4,5"])
-    rng, (levels, mix) = random.Random(0), train.demo_settings(cfg)
+    rng, (levels, mix) = random.Random(0), warmup.demo_settings(cfg)
     for _ in range(200):
-        train.demonstration(rng, tok, cfg, levels, mix, train.judge_levels(cfg))
+        warmup.demonstration(rng, tok, cfg, levels, mix, warmup.judge_levels(cfg))
     by_kind = {}
     for kind, level in shown:
         by_kind.setdefault(kind, set()).add(level)
@@ -329,15 +333,15 @@ def test_refine_pairs_and_thoughts_from_scripted_roles(tiny, tmp_path, monkeypat
     """Half the solutions wrong, the critic catches each, the revision fixes it and is then
     accepted: every wrong solution gives, per chain, one (revision > original) pair and one
     long thought; right ones are accepted unrevised; two critiques that agree make no pair."""
-    known, environment_tasks = {}, train.environment_tasks
+    known, environment_tasks = {}, selfplay.environment_tasks
 
     def remembered(plan, rng, cfg):
         drawn = environment_tasks(plan, rng, cfg)
         known.update({t.prompt: t for t in drawn})
         return drawn
-    monkeypatch.setattr(train, "environment_tasks", remembered)
+    monkeypatch.setattr(selfplay, "environment_tasks", remembered)
     _, tok = M.load(tiny)
-    monkeypatch.setattr(train, "sample_texts", scripted_roles(tok, known))
+    monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok, known))
     out = str(tmp_path / "refine")
     run("--stage=refine", f"--model={tiny}", f"--out={out}", "--steps=1")
     [log] = lines(os.path.join(out, "metrics.jsonl"))

@@ -1,0 +1,248 @@
+"""selfplay.py: the steps of the RL stages: ALIVE self-play, its scalar baseline, refinement.
+
+One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) pairs:
+  1. pose: `posings` problems per seed; the environment (tasks.validate) decides validity
+     and computes the answer, so the poser cannot pose what it cannot check;
+  2. solve: `solutions` samples per valid problem;
+  3. judge: each solution critiqued in words, the reference answer in view, its verdict parsed;
+  4. revise: each solution the judge did not accept, conditioned on the critique;
+  5. learn: refine.self_play_samples turns the record into rewards per role, group advantages
+     A = (r - mean r) / std r and token credit; update.train_on takes one clipped PG step.
+--reward=scalar keeps steps 2 and 5 with r = exact match on environment tasks (plain GRPO).
+The curriculum raises a family's level when its last 16 solutions there beat --promote and
+lowers it below --demote.
+
+`refine_step` (alignment via refinement): one solution per problem, two chains of self-critique
+-> revise from it, DPO on (better, worse) pairs plus NLL on the chains that fixed a wrong answer.
+
+Simplifications, stated plainly:
+  - one optimizer step per rollout batch, so r_t = 1 and the clip acts only with ppo_epochs > 1
+    (pi_old is then the trainer's own forward, not the sampler's bf16 log-probs); the KL of
+    kl_coef is to that pi_old, so it too acts only from the second epoch. At 8B the options that
+    matter are rl_lr, the batch sizes and max_new_tokens; ppo_epochs and kl_coef are for
+    experiments;
+  - p_hat and a revision's correctness come from the verifier, which every family here has;
+    the judge's verdict enters the solver's reward with weight 1 - alpha;
+  - a revision is trained in its own critique-conditioned prompt; one that fixes the answer is
+    also trained in the solve prompt with reward 1 (the off-policy part of self-correction: its
+    ratio is taken against the solve prompt as if sampled there);
+  - DPO in `refine` uses the sampling policy as its reference (no second copy).
+
+    python train.py --stage=alive --model=runs/tiny/warmup/model --out=runs/a [--reward=scalar]
+"""
+import eval as evaluation
+import model as M
+import refine as R
+import roles
+import sampling
+import tasks
+import update
+
+
+def sample_texts(policy, tok, prompts, cfg, gen):
+    with M.gathered_for_rollout(policy):
+        return sampling.complete(policy, tok, [roles.render(tok, p, cfg.hints) for p in prompts],
+                          cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen,
+                          batch_size=max(cfg.micro_batch, 64))
+
+
+def seed_plan(rng, cfg, curriculum):
+    """This rank's share of the step's seeds: (family, its curriculum level) each."""
+    families = cfg.families.split(",")
+    return [(f, curriculum[f]) for f in (rng.choice(families)
+                                         for _ in range(max(1, cfg.seeds // M.world())))]
+
+
+def environment_tasks(plan, rng, cfg):
+    """`posings` tasks drawn by the environment for every seed of the plan."""
+    return [tasks.sample(f, lvl, rng, "train") for f, lvl in plan for _ in range(cfg.posings)]
+
+
+def scalar_rollouts(policy, tok, cfg, plan, rng, gen):
+    """The baseline: environment tasks, N solutions each, reward = exact match (GRPO)."""
+    task_list = environment_tasks(plan, rng, cfg)
+    prompts = [roles.solve_prompt(t.prompt) for t in task_list for _ in range(cfg.solutions)]
+    sols = sample_texts(policy, tok, prompts, cfg, gen)
+    owner = [i for i in range(len(task_list)) for _ in range(cfg.solutions)]
+    correct = [evaluation.score(task_list[i], s.text) for i, s in zip(owner, sols)]
+    adv, keep = R.group_advantages(correct, owner)
+    stats = {"reward/solve": correct, "acc/solve": correct}
+    solved = [(task_list[i].family, task_list[i].level, c) for i, c in zip(owner, correct)]
+    samples = [update.Sample("solve", s.prompt_ids, s.ids, [a] * len(s.ids))
+               for s, a, k in zip(sols, adv.tolist(), keep.tolist()) if k and s.ids]
+    return samples, stats, solved, []
+
+
+def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
+    """Pose -> validate -> solve -> judge -> revise, recorded in one refine.Posing per posing;
+    refine.self_play_samples turns the records into rewards, advantages and token credit."""
+    # 1. pose: M posings per seed; the environment decides validity and computes the answer
+    docs = [tasks.document(rng, lvl) if f == "corpus" else None for f, lvl in plan]
+    seeds = [i for i in range(len(plan)) for _ in range(cfg.posings)]
+    poses = sample_texts(policy, tok, [roles.pose_prompt(*plan[i], docs[i]) for i in seeds],
+                         cfg, gen)
+    posings = []
+    for i, pose in zip(seeds, poses):
+        task = tasks.validate(plan[i][0], roles.parse_pose(pose.text) or "", plan[i][1], docs[i],
+                              split="train")
+        posings.append(R.Posing(plan[i][0], pose, task if isinstance(task, tasks.Task) else None))
+    posed = [p for p in posings if p.task is not None]
+    for p, dup in zip(posed, R.duplicate_posings([p.task.prompt for p in posed],
+                                                 [p.family for p in posed])):
+        p.duplicate = dup
+    # A seed none of whose posings is valid is solved on an environment task of its family and
+    # level, so solver, judge and reviser keep learning while the poser learns to pose.
+    for i, (family, level) in enumerate(plan):
+        if all(p.task is None for p, seed in zip(posings, seeds) if seed == i):
+            posings.append(R.Posing(family, task=tasks.sample(family, level, rng, "train")))
+    problems = [p for p in posings if p.task is not None]
+    # 2. solve: N solutions per problem; 3. judge each in words, the reference answer in view
+    each = [p for p in problems for _ in range(cfg.solutions)]
+    sols = sample_texts(policy, tok, [roles.solve_prompt(p.task.prompt) for p in each], cfg, gen)
+    # audits: a reference and a slipped solution per problem, judged too, so the judge's
+    # reward is not agreement on mostly wrong solutions alone (which teaches it to reject all)
+    audited = [(p, text, truth) for p in (problems if cfg.audits else []) for text, truth in
+               ((tasks.solve(p.task), 1.0), (tasks.corrupt(p.task, rng)[0], 0.0))]
+    judged = [(p, s.text) for p, s in zip(each, sols)] + [(p, text) for p, text, _ in audited]
+    critiques = sample_texts(policy, tok, [roles.judge_prompt(p.task.prompt, p.task.answer, text)
+                                           for p, text in judged], cfg, gen)
+    for (p, _, truth), c in zip(audited, critiques[len(sols):]):
+        p.audits.append((c, roles.parse_verdict(c.text), truth))
+    for p, s, c in zip(each, sols, critiques):
+        p.solutions.append(s)
+        p.correct.append(float(evaluation.score(p.task, s.text)))
+        p.steps.append(roles.token_steps(tok, s.ids, s.text))
+        p.critiques.append(c)
+        p.verdicts.append(roles.parse_verdict(c.text))
+        p.pointers.append(roles.parse_pointer(c.text))
+        p.revisions.append(None)
+        p.gains.append(0.0)
+    # 4. revise what the judge did not accept, conditioned on its critique
+    redo = [(p, j) for p in problems for j, v in enumerate(p.verdicts) if v is not True]
+    revisions = sample_texts(policy, tok, [roles.revise_prompt(p.task.prompt, p.solutions[j].text,
+                                                               p.critiques[j].text)
+                                           for p, j in redo], cfg, gen)
+    for (p, j), r in zip(redo, revisions):
+        p.revisions[j] = r
+        p.gains[j] = float(R.revision_gain(p.correct[j], evaluation.score(p.task, r.text)))
+    # 5. rewards, advantages and credit of every role
+    alpha = R.alpha_schedule(step, cfg.alpha_steps, cfg.alpha_floor)
+    trained, rewards = R.self_play_samples(posings, alpha)
+    samples = [update.Sample(role, c.prompt_ids, c.ids, coef) for role, c, coef in trained]
+    stats = {**{f"reward/{role}": r for role, r in rewards.items()},
+             "acc/solve": [c for p in problems for c in p.correct],
+             "pose_validity": [float(p.task is not None) for p in posings if p.pose is not None],
+             "judge_agreement": [R.agreement(v, c)
+                                 for p in problems for v, c in zip(p.verdicts, p.correct)],
+             "corrected": [float(g > 0) for p in problems for g in p.gains]}
+    solved = [(p.task.family, p.task.level, c) for p in problems for c in p.correct]
+    # one whole rollout for samples.jsonl: the first posing, and the first problem (that
+    # posing's if it was valid) with its solutions, critiques and revisions
+    first = problems[0]
+    shown = [{"pose": posings[0].pose.text, "valid": posings[0].task is not None,
+              "problem": first.task.prompt, "answer": first.task.answer,
+              "solutions": [{"text": s.text, "correct": c, "critique": k.text, "verdict": v,
+                             "revision": r and r.text, "revision_gain": g if r else None}
+                            for s, c, k, v, r, g in zip(first.solutions, first.correct,
+                                                        first.critiques, first.verdicts,
+                                                        first.revisions, first.gains)]}]
+    return samples, stats, solved, shown
+
+
+def means_over_ranks(stats):
+    """{key: list of values on this rank} -> {key: mean over every rank's values, or None}."""
+    sums = M.all_reduce([x for values in stats.values() for x in (sum(values), len(values))])
+    return {key: total / count if count else None
+            for key, total, count in zip(stats, sums[0::2], sums[1::2])}
+
+
+def update_curriculum(curriculum, history, solved, cfg):
+    """Raise a family's level when the solver beats `promote` there, lower it below `demote`."""
+    for family, level, correct in solved:
+        if level == curriculum.get(family):
+            history.setdefault(family, []).append(correct)
+    for family, results in history.items():
+        if len(results) >= 16:
+            rate = sum(results) / len(results)
+            if rate > cfg.promote and curriculum[family] < max(tasks.LEVELS):
+                curriculum[family] += 1
+            elif rate < cfg.demote and curriculum[family] > min(tasks.LEVELS):
+                curriculum[family] -= 1
+            history[family] = []
+
+
+def rl_step(policy, optimizer, tok, cfg, step, rank, state):
+    """One self-play (or scalar-baseline) step; `state` carries the curriculum across steps."""
+    rng, gen = update.step_randomness(cfg, step, rank)
+    plan = seed_plan(rng, cfg, state["curriculum"])
+    policy.eval()
+    if cfg.reward == "scalar":
+        samples, stats, solved, shown = scalar_rollouts(policy, tok, cfg, plan, rng, gen)
+    else:
+        samples, stats, solved, shown = alive_rollouts(policy, tok, cfg, plan, rng, gen, step)
+    policy.train()
+    metrics = update.train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "pg",
+                              cfg.ppo_epochs)
+    # every rank must agree on the curriculum: gather the (family, level, correct) triples
+    everyone = M.all_gather_objects(solved)
+    update_curriculum(state["curriculum"], state["history"], sum(everyone, []), cfg)
+    metrics.update(means_over_ranks(stats))
+    for role in ("pose", "solve", "judge", "revise"):
+        lengths = [len(s.ids) for s in samples if s.role == role]
+        metrics[f"len/{role}"] = sum(lengths) / len(lengths) if lengths else None
+    metrics.update({f"level/{f}": lvl for f, lvl in state["curriculum"].items()})
+    return metrics, shown
+
+
+def refine_step(policy, optimizer, tok, cfg, step, rank, state):
+    """Alignment via refinement: solve each problem once, then two chains of up to
+    `refine_rounds` self-critique -> revise rounds from that solution (refine.refine_rounds);
+    DPO on refine.refinement_pairs (a revision against what it revised; the better of the two
+    first critiques by revision gain) plus NLL on the long refinement thoughts of the chains
+    that turned a wrong solution into a right one."""
+    rng, gen = update.step_randomness(cfg, step, rank)
+    plan = seed_plan(rng, cfg, state["curriculum"])
+    task_of = {t.prompt: t for t in environment_tasks(plan, rng, cfg)}
+    problems = list(task_of)
+
+    def judge(ps, solutions):
+        prompts = [roles.judge_prompt(p, task_of[p].answer, s) for p, s in zip(ps, solutions)]
+        return [(c.text, roles.parse_verdict(c.text))
+                for c in sample_texts(policy, tok, prompts, cfg, gen)]
+
+    def revise(ps, solutions, critiques):
+        prompts = [roles.revise_prompt(p, s, c) for p, s, c in zip(ps, solutions, critiques)]
+        return [r.text for r in sample_texts(policy, tok, prompts, cfg, gen)]
+
+    policy.eval()
+    sols = [s.text for s in sample_texts(policy, tok, [roles.solve_prompt(p) for p in problems],
+                                         cfg, gen)]
+    chains = R.refine_rounds(judge, revise, lambda p, s: evaluation.score(task_of[p], s),
+                             [p for p in problems for _ in range(2)],
+                             [s for s in sols for _ in range(2)], cfg.refine_rounds)
+    policy.train()
+    records, thoughts = [], []
+    for i, p in enumerate(problems):
+        pair_of_chains = chains[2 * i:2 * i + 2]
+        records += R.chain_records(p, pair_of_chains)
+        for chain in pair_of_chains:
+            if chain[0].score < 1 <= chain[-1].score:
+                text = R.long_thought(chain[0].solution,
+                                      [(a.critique, b.solution) for a, b in zip(chain, chain[1:])],
+                                      roles.parse_answer(chain[-1].solution))
+                thoughts.append(update.nll_sample(tok, "refine", roles.solve_prompt(p), text,
+                                                  cfg))
+    samples = []
+    for pair in R.refinement_pairs(records):
+        prompt = (roles.solve_prompt(pair.problem) if pair.role == "solve" else
+                  roles.judge_prompt(pair.problem, task_of[pair.problem].answer, pair.solution))
+        samples += [update.nll_sample(tok, pair.role, prompt, pair.chosen, cfg),
+                    update.nll_sample(tok, pair.role, prompt, pair.rejected, cfg)]
+    metrics = update.dpo_update(policy, optimizer, samples, thoughts, cfg, tok.pad_token_id)
+    metrics.update(means_over_ranks({
+        "reward/revise": [b.score - a.score for chain in chains for a, b in zip(chain, chain[1:])],
+        "revisions": [len(chain) - 1 for chain in chains],
+        "acc/solve": [float(chain[0].score >= 1) for chain in chains[::2]]}))
+    metrics["pairs"], metrics["thoughts"] = M.all_reduce([len(samples) // 2, len(thoughts)])
+    return metrics, []
+

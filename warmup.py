@@ -1,0 +1,126 @@
+"""warmup.py: the warm-up stage, NLL on demonstrations of every role before any self-play.
+
+Each step draws `batch` samples: a role by --demo_mix (solve, judge, revise, pose, raw text),
+a family, a level of --demo_levels, and the programmatic teacher's demonstration of that role
+(roles.demonstrations; a judge demonstration is a pair, the same task with its reference
+solution and with one slip). The loss is the completion tokens' mean negative log-likelihood,
+L = -(1/T) sum_t log pi(y_t | prompt, y_<t), one optimizer step per batch (update.train_on).
+
+Judging is learned late and abruptly, and not at all when mixed with the other roles from the
+start (tests/bench_judge.py). So with --judge_first=N the first N steps show judge pairs only,
+and that phase ends early once `verdict_check` (held-out, teacher-forced) passes --judge_pass;
+the mixed phase that follows runs at --mixed_lr of the rate (train.lr_factor).
+
+    python train.py --stage=warmup --out=runs/w --steps=1000 [--judge_first=1500 ...]
+"""
+import random
+
+import torch
+
+import eval as evaluation
+import model as M
+import roles
+import tasks
+import update
+
+
+def demo_settings(cfg):
+    """(levels, weight of each of roles.DEMO_KINDS) from --demo_levels and --demo_mix."""
+    return ([int(x) for x in cfg.demo_levels.split(",")],
+            [float(x) for x in cfg.demo_mix.split(",")])
+
+
+def judge_levels(cfg):
+    """Levels of the judge and pose demonstrations after the judge-only phase (--judge_levels,
+    else --demo_levels)."""
+    return [int(x) for x in (cfg.judge_levels or cfg.demo_levels).split(",")]
+
+
+def demonstration(rng, tok, cfg, levels, mix, judged):
+    """NLL samples of one demonstration of a random role on a task of one of `levels` (1-2 by
+    default; corpus text for language modelling), or for the judge and the poser one of
+    `judged`: neither role solves, so showing them longer problems demonstrates no solving.
+    `mix` weighs the roles by their share of samples, so a judge demonstration (a pair,
+    roles.demonstrations) is drawn at half its weight."""
+    family = rng.choice(cfg.families.split(","))
+    kind = rng.choices(roles.DEMO_KINDS, [w / 2 if k == "judge" else w
+                                          for k, w in zip(roles.DEMO_KINDS, mix)])[0]
+    level = rng.choice(judged if kind in ("judge", "pose") else levels)
+    if kind == "text":
+        return [update.nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)]
+    return [update.nll_sample(tok, kind, prompt, completion, cfg)
+            for prompt, completion in roles.demonstrations(rng, family, level, kind)]
+
+
+def raw_document(rng, cfg):
+    """A document for language modelling: from --corpus when given, else a story of the corpus
+    family at any level (the raw corpus may be broader than the demonstrations)."""
+    if cfg.corpus:
+        return rng.choice(CORPUS[cfg.corpus])
+    return tasks.document(rng, rng.choice(tasks.LEVELS))
+
+
+CORPUS = {}  # path -> documents, read once per process
+
+
+def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
+    """One NLL step on demonstrations. Judging is learned late and abruptly, and not at all
+    when mixed with the other roles from the start (tests/bench_judge.py), so the first
+    `judge_first` steps show judge demonstrations of `demo_levels` only, and that phase ends
+    early once `verdict_check` passes; the judge and the poser see `judge_levels` after it."""
+    rng, _ = update.step_randomness(cfg, step, rank)
+    levels, mix = demo_settings(cfg)
+    judge_phase = step < cfg.judge_first and "judge_learned" not in state
+    if judge_phase:
+        mix = [float(kind == "judge") for kind in roles.DEMO_KINDS]
+    judged = levels if judge_phase else judge_levels(cfg)
+    samples, size = [], max(1, cfg.batch // M.world())
+    while len(samples) < size:
+        drawn = demonstration(rng, tok, cfg, levels, mix, judged)
+        # a pair that does not fit gives one of its halves, either: always the first (the
+        # reference solution) would show the judge more accepts than rejects
+        samples += drawn if len(samples) + len(drawn) <= size else [rng.choice(drawn)]
+    metrics = update.train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
+    if cfg.judge_first and (step + 1) % CHECK_EVERY == 0:  # logged after the phase too
+        metrics["verdict_check"] = verdict_check(policy, tok, cfg, levels)
+        if judge_phase and metrics["verdict_check"] >= cfg.judge_pass:
+            state["judge_learned"] = step + 1
+    return metrics, []
+
+
+CHECK_EVERY = 100  # warm-up steps between two verdict checks
+VERDICT_CASES = {}  # (tokenizer, families, levels, n, seed, hints) -> (prompt ids, target id)s
+
+
+def verdict_check(policy, tok, cfg, levels, n=64):
+    """The share of 2n held-out judgements (n reference solutions, n slipped ones) whose verdict
+    the model gets right when the teacher's first critique line (the two answers side by side)
+    is given: the next token is `Verdict` or `Step`. Teacher-forced, no sampling; its problems
+    are drawn apart from the evaluation's (eval.held_out with their own seed)."""
+    key = (tok.name_or_path, len(tok), cfg.families, tuple(levels), n, cfg.seed, cfg.hints)
+    if key not in VERDICT_CASES:
+        cases = []
+        for task in evaluation.held_out(cfg.families.split(","), levels, n,
+                                        seed=f"verdict-check:{cfg.seed}"):
+            for prompt, critique in roles.judge_pair(task, random.Random(task.prompt)):
+                head = tok(critique.split("\n")[0] + "\n", add_special_tokens=False)["input_ids"]
+                whole = tok(critique, add_special_tokens=False)["input_ids"]
+                if whole[:len(head)] != head:
+                    raise ValueError(f"verdict check: the tokenizer {tok.name_or_path!r} merges "
+                                     "across the critique's first line break; use --judge_first=0")
+                rendered = roles.render(tok, prompt, cfg.hints)
+                cases.append((M.encode(tok, [rendered])[0] + head, [whole[len(head)]]))
+        VERDICT_CASES[key] = cases
+    cases, hits = VERDICT_CASES[key], 0
+    policy.eval()  # no activation checkpointing, no dropout
+    with torch.no_grad():
+        for i in range(0, len(cases), cfg.micro_batch):
+            chunk = cases[i:i + cfg.micro_batch]
+            packed = M.pack([p for p, _ in chunk], [t for _, t in chunk], tok.pad_token_id,
+                            M.device_of(policy))
+            hits += int(M.run_head(policy, packed, lambda h, w: (
+                torch.mm(h.float(), w.t().float()).argmax(-1) == packed.targets).sum()))
+    policy.train()
+    # every rank scored the same cases; the mean keeps them in exact agreement
+    return M.all_reduce([hits / len(cases)])[0] / M.world()
+
