@@ -16,6 +16,7 @@ import ast
 import json
 import math
 import os
+import subprocess
 import traceback
 from types import SimpleNamespace
 
@@ -497,3 +498,18 @@ def test_warmup_trains_in_training_mode_with_checkpointing(tiny, tmp_path, monke
                                 f"--checkpointing={setting}"] + FAST[:1]))
     assert len(calls) == forwards
 
+
+# ----------------------------------------------------------------------------- the smoke script
+
+def test_the_gpu_smoke_script_runs_on_cpu(tmp_path):
+    """tests/gpu_smoke.sh is what a session lent a GPU runs first: its plumbing (building the
+    model, torchrun warmup and alive, eval, the summaries) must not fail there for a reason a
+    CPU could have shown."""
+    env = dict(os.environ, SMOKE_ON_CPU="1", SMOKE_OUT=str(tmp_path / "smoke"))
+    result = subprocess.run(["bash", os.path.join(ROOT, "tests", "gpu_smoke.sh")], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("SMOKE")]
+    assert [line.split(":")[0] for line in lines] == [
+        "SMOKE ranks=1 warmup", "SMOKE ranks=1 alive", "SMOKE eval", "SMOKE kernels"], lines
+    assert "skipped 0" in lines[0] and "skipped 0" in lines[1]
