@@ -14,6 +14,7 @@ gradients (and the loss).
 
 Run: python tests/bench_loss.py [--chunk=N] [--repeats=N] [--rounds=N]
 """
+import argparse
 import json
 import os
 import resource
@@ -102,11 +103,15 @@ def spawn(variant, chunk, repeats):
 
 
 def main():
-    args = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:])
-    chunk, repeats = int(args.get("chunk", 1024)), int(args.get("repeats", 2))
-    rounds = int(args.get("rounds", 2))
-    if "run" in args:
-        return run_one(args["run"], chunk, repeats)
+    parser = argparse.ArgumentParser(description="fused vs naive loss: memory and time")
+    parser.add_argument("--chunk", type=int, default=1024, help="tokens per chunk of the fused loss")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats per process")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating processes per variant")
+    parser.add_argument("--run", choices=("naive", "fused"), help=argparse.SUPPRESS)  # a child
+    args = parser.parse_args()
+    chunk, repeats, rounds = args.chunk, args.repeats, args.rounds
+    if args.run:
+        return run_one(args.run, chunk, repeats)
     # alternate the subprocesses so that load from other programs hits both alike
     results = {"naive": [], "fused": []}
     for _ in range(rounds):
