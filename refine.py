@@ -12,7 +12,10 @@
                 a group of only wrong solutions, which would be dropped, now pushes them down)
 
 2. Advantages: A = (r - mean) / std within a group (the solutions of one posing; the posers of
-   one family); a group whose rewards are all equal is dropped. Token credit: a solution with
+   one family; the critiques of one posing's right solutions, and apart from them those of its
+   wrong ones: only a rejection can earn a gain, which in one group would make accepting a
+   right solution score below the mean and teach the judge to reject); a group whose rewards
+   are all equal is dropped. Token credit: a solution with
    A < 0 whose critique names its first wrong step k takes A on steps k.. and 0 before.
    The per-token coefficients c_t = A x credit are what loss.fused_loss consumes.
 
@@ -60,14 +63,15 @@ def self_play_samples(posings, alpha):
             rows.append(("solve", solution, (1 - alpha) * float(verdict is True) + alpha * truth,
                          ("solve", i), p.steps[j], p.pointers[j]))
             rows.append(("judge", p.critiques[j], agreement(verdict, truth) + p.gains[j],
-                         ("judge", i), None, None))
+                         ("judge", i, truth), None, None))
             if p.revisions[j] is not None:
                 rows.append(("revise", p.revisions[j], p.gains[j], ("revise", i), None, None))
             if p.gains[j] > 0:  # r = 1 is the group's highest: this sample is only pulled up
                 rows.append(("corrected", replace(p.revisions[j], prompt_ids=solution.prompt_ids),
                              1.0, ("solve", i), None, None))
         for critique, verdict, truth in p.audits:
-            rows.append(("judge", critique, agreement(verdict, truth), ("judge", i), None, None))
+            rows.append(("judge", critique, agreement(verdict, truth), ("judge", i, truth), None,
+                         None))
     group_ids = {}
     advantages, keep = group_advantages(
         [r[2] for r in rows], [group_ids.setdefault(r[3], len(group_ids)) for r in rows])

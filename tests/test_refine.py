@@ -91,6 +91,22 @@ def test_a_revision_that_fixes_the_answer_joins_the_solutions_in_the_solve_promp
     assert solve == [pytest.approx([-1 / math.sqrt(3)] * 3, rel=1e-5)] * 3
 
 
+def test_a_gain_on_a_wrong_solution_never_pushes_the_judge_off_accepting_a_right_one():
+    # two right solutions accepted (r = 1), two wrong ones rejected, one of them fixed (r = 2):
+    # in one group the accepts would sit below the mean (1.25) and be pushed down
+    p = posing([1.0, 1.0, 0.0, 0.0], [True, True, False, False], gains=[0.0, 0.0, 1.0, 0.0],
+               revised=[False, False, True, True])
+    samples, rewards = self_play_samples([p], alpha=1.0)
+    assert rewards["judge"] == [1.0, 1.0, 2.0, 1.0]
+    judge = [coef for role, _, coef in samples if role == "judge"]
+    # the accepts tie within their group (dropped); the rejections differ by their gain alone
+    assert judge == [pytest.approx([1.0], rel=1e-5), pytest.approx([-1.0], rel=1e-5)]
+    # a wrong verdict on a right solution is still pushed down against a right one
+    p = posing([1.0, 1.0], [True, False], gains=[0.0, 0.0], revised=[False, True])
+    judge = [coef for role, _, coef in self_play_samples([p], 1.0)[0] if role == "judge"]
+    assert judge == [pytest.approx([1.0], rel=1e-5), pytest.approx([-1.0], rel=1e-5)]
+
+
 def test_an_audit_is_rewarded_for_agreement_alone():
     p = posing([0.0], [False], gains=[1.0], revised=[True])
     p.audits = [(Said(2), True, 1.0), (Said(2), True, 0.0), (Said(2), None, 0.0)]
