@@ -171,6 +171,20 @@ def update_curriculum(curriculum, history, solved, cfg):
             history[family] = []
 
 
+def judge_anchor(rng, tok, cfg, plan):
+    """`judge_anchor` teacher pairs (roles.judge_pair: a reference solution and a slipped one)
+    on the plan's families and levels, as samples of coefficient 1: with one epoch the policy
+    gradient of such a sample is its NLL gradient. In self-play most solutions of a hard family
+    are wrong, so "incorrect" agrees with the verifier almost always there, and the judge drifts
+    to rejecting reference solutions it accepted after the warm-up (README); the pairs keep the
+    comparison itself in the loss."""
+    samples = []
+    for family, level in (plan[k % len(plan)] for k in range(cfg.judge_anchor)):
+        for prompt, critique in roles.judge_pair(tasks.sample(family, level, rng, "train"), rng):
+            samples.append(update.nll_sample(tok, "anchor", prompt, critique, cfg))
+    return samples
+
+
 def rl_step(policy, optimizer, tok, cfg, step, rank, state):
     """One self-play (or scalar-baseline) step; `state` carries the curriculum across steps."""
     rng, gen = update.step_randomness(cfg, step, rank)
@@ -180,6 +194,7 @@ def rl_step(policy, optimizer, tok, cfg, step, rank, state):
         samples, stats, solved, shown = scalar_rollouts(policy, tok, cfg, plan, rng, gen)
     else:
         samples, stats, solved, shown = alive_rollouts(policy, tok, cfg, plan, rng, gen, step)
+        samples += judge_anchor(rng, tok, cfg, plan)
     policy.train()
     metrics = update.train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "pg",
                               cfg.ppo_epochs)

@@ -68,7 +68,7 @@ class Config:
     families: str = "deduction,induction,abduction,corpus"  # task families used in training
     corpus: str = ""            # JSONL of {"text": ...} raw documents; "" = the generated one
     lr: float = 4e-3            # learning rate of NLL stages (tiny default; ~1e-5 for 8B)
-    rl_lr: float = 1e-4         # learning rate of RL stages (5e-4 collapsed the tiny model)
+    rl_lr: float = 3e-5         # learning rate of RL stages (1e-4 cost the tiny model level 1)
     lr_warmup: int = 10         # linear learning-rate warm-up steps
     grad_clip: float = 1.0      # max global grad norm
     weight_decay: float = 0.0   # AdamW's decoupled weight decay
@@ -86,6 +86,7 @@ class Config:
     alpha_floor: float = 0.5    # lowest weight of the verifier in the solver's reward
     alpha_steps: int = 100      # steps over which alpha anneals from 1 to alpha_floor
     audits: bool = False        # alive: the judge also judges a reference and a slipped solution
+    judge_anchor: int = 16      # alive: teacher judge pairs per step trained by NLL alongside
     promote: float = 0.6        # curriculum: raise a family's level when its solve rate is above
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family

@@ -298,6 +298,21 @@ def test_a_batch_of_one_still_shows_the_judge_both_verdicts(tiny, monkeypatch):
     assert len(shown) == 20 and set(verdicts) == {True, False}
 
 
+def test_the_judge_anchor_is_teacher_pairs_on_the_plans_cells(tiny):
+    tok = M.load_tokenizer(tiny)
+    plan = [("induction", 1), ("abduction", 4)]
+    assert selfplay.judge_anchor(random.Random(0), tok, train.parse_args([]), plan) == []
+    samples = selfplay.judge_anchor(random.Random(0), tok, train.parse_args(["--judge_anchor=3"]),
+                                    plan)
+    assert [s.role for s in samples] == ["anchor"] * 6
+    assert all(s.coef == [1.0] * len(s.ids) for s in samples)  # their PG gradient is their NLL's
+    verdicts = [roles.parse_verdict(tok.decode(s.ids, skip_special_tokens=True)) for s in samples]
+    assert verdicts == [True, False] * 3  # the reference solution, then the slipped one
+    problems = [tok.decode(s.prompt_ids, skip_special_tokens=True) for s in samples]
+    assert ["Sequence:" in p for p in problems] == [True, True, False, False, True, True]
+    assert ["Rules:" in p for p in problems] == [False, False, True, True, False, False]
+
+
 def test_judge_and_pose_demonstrations_take_their_own_levels(tiny, monkeypatch):
     _, tok = M.load(tiny)
     shown, real = [], roles.demonstrations
