@@ -7,7 +7,8 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
   3. judge: each solution critiqued in words, the reference answer in view, its verdict parsed;
   4. revise: each solution the judge did not accept, conditioned on the critique;
   5. learn: refine.self_play_samples turns the record into rewards per role, group advantages
-     A = (r - mean r) / std r and token credit; update.train_on takes one clipped PG step.
+     A = (r - mean r) / std r and token credit; with `judge_anchor` teacher judge pairs
+     (NLL) beside them, update.train_on takes one clipped PG step.
 --reward=scalar keeps steps 2 and 5 with r = exact match on environment tasks (plain GRPO).
 The curriculum raises a family's level when its last 16 solutions there beat --promote and
 lowers it below --demote.
@@ -26,6 +27,8 @@ Simplifications, stated plainly:
   - a revision is trained in its own critique-conditioned prompt; one that fixes the answer is
     also trained in the solve prompt with reward 1 (the off-policy part of self-correction: its
     ratio is taken against the solve prompt as if sampled there);
+  - the judge anchor is the programmatic teacher's supervision inside self-play: the judge
+    does not learn from its agreement with the verifier alone;
   - DPO in `refine` uses the sampling policy as its reference (no second copy).
 
     python train.py --stage=alive --model=runs/tiny/warmup/model --out=runs/a [--reward=scalar]

@@ -301,7 +301,8 @@ def test_a_batch_of_one_still_shows_the_judge_both_verdicts(tiny, monkeypatch):
 def test_the_judge_anchor_is_teacher_pairs_on_the_plans_cells(tiny):
     tok = M.load_tokenizer(tiny)
     plan = [("induction", 1), ("abduction", 4)]
-    assert selfplay.judge_anchor(random.Random(0), tok, train.parse_args([]), plan) == []
+    assert selfplay.judge_anchor(random.Random(0), tok, train.parse_args(["--judge_anchor=0"]),
+                                 plan) == []
     samples = selfplay.judge_anchor(random.Random(0), tok, train.parse_args(["--judge_anchor=3"]),
                                     plan)
     assert [s.role for s in samples] == ["anchor"] * 6
