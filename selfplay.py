@@ -10,8 +10,8 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
      A = (r - mean r) / std r and token credit; with `judge_anchor` teacher judge pairs
      (NLL) beside them, update.train_on takes one clipped PG step.
 --reward=scalar keeps steps 2 and 5 with r = exact match on environment tasks (plain GRPO).
-The curriculum raises a family's level when its last 16 solutions there beat --promote and
-lowers it below --demote.
+The curriculum judges a family once at least 16 of its solutions at its level have gathered:
+their solve rate above --promote raises the level, below --demote lowers it.
 
 `refine_step` (alignment via refinement): one solution per problem, two chains of self-critique
 -> revise from it, DPO on (better, worse) pairs plus NLL on the chains that fixed a wrong answer.
@@ -45,8 +45,8 @@ import update
 def sample_texts(policy, tok, prompts, cfg, gen):
     with M.gathered_for_rollout(policy):
         return sampling.complete(policy, tok, [roles.render(tok, p, cfg.hints) for p in prompts],
-                          cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen,
-                          batch_size=max(cfg.micro_batch, 64))
+                                 cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen,
+                                 batch_size=max(cfg.micro_batch, 64))
 
 
 def seed_plan(rng, cfg, curriculum):
@@ -175,14 +175,17 @@ def update_curriculum(curriculum, history, solved, cfg):
 
 
 def judge_anchor(rng, tok, cfg, plan):
-    """`judge_anchor` teacher pairs (roles.judge_pair: a reference solution and a slipped one)
-    on the plan's families and levels, as samples of coefficient 1: with one epoch the policy
-    gradient of such a sample is its NLL gradient. In self-play most solutions of a hard family
-    are wrong, so "incorrect" agrees with the verifier almost always there, and the judge drifts
-    to rejecting reference solutions it accepted after the warm-up (README); the pairs keep the
-    comparison itself in the loss."""
+    """This rank's share of the step's `judge_anchor` teacher pairs (roles.judge_pair: a
+    reference solution and a slipped one) on the plan's families and levels, as samples of
+    coefficient 1: with one epoch the policy gradient of such a sample is its NLL gradient (with
+    ppo_epochs > 1 its ratio is clipped like any other). In self-play most solutions of a hard
+    family are wrong, so "incorrect" agrees with the verifier almost always there, and the judge
+    drifts to rejecting reference solutions it accepted after the warm-up (README); the pairs
+    keep the comparison itself in the loss. Their tokens count in the loss's normalizer (and in
+    the logged loss, which they lower by about their share of tokens)."""
+    mine = cfg.judge_anchor // M.world() + int(M.rank() < cfg.judge_anchor % M.world())
     samples = []
-    for family, level in (plan[k % len(plan)] for k in range(cfg.judge_anchor)):
+    for family, level in (plan[k % len(plan)] for k in range(mine)):
         for prompt, critique in roles.judge_pair(tasks.sample(family, level, rng, "train"), rng):
             samples.append(update.nll_sample(tok, "anchor", prompt, critique, cfg))
     return samples

@@ -86,7 +86,7 @@ class Config:
     alpha_floor: float = 0.5    # lowest weight of the verifier in the solver's reward
     alpha_steps: int = 100      # steps over which alpha anneals from 1 to alpha_floor
     audits: bool = False        # alive: the judge also judges a reference and a slipped solution
-    judge_anchor: int = 16      # alive: teacher judge pairs per step trained by NLL alongside
+    judge_anchor: int = 16      # alive: teacher judge pairs per step (all ranks), NLL beside PG
     promote: float = 0.6        # curriculum: raise a family's level when its solve rate is above
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family
