@@ -71,8 +71,8 @@ def model_generate_fn(policy, tokenizer, max_new_tokens=256, batch_size=64, seed
     def generate_fn(prompts, temperature):
         rendered = [roles.render(tokenizer, p, hints=hints) for p in prompts]
         return [c.text for c in sampling.complete(policy, tokenizer, rendered, max_new_tokens,
-                                               temperature=temperature, top_p=top_p,
-                                               generator=generator, batch_size=batch_size)]
+                                                  temperature=temperature, top_p=top_p,
+                                                  generator=generator, batch_size=batch_size)]
     return generate_fn
 
 

@@ -13,6 +13,9 @@ r_t = pi_theta / pi_old, T the token count and P the pair count over every rank,
 sequence's summed log pi - log pi_ref. Each rank divides by the global count and scales its
 loss by the world size, since FSDP averages gradients over ranks; a rank with fewer
 micro-batches runs padding ones (each FSDP forward is a collective every rank must join).
+Beside them: `nll_sample` (a demonstration as a Sample of coefficient 1) and `step_randomness`
+(every step's task RNG and sampling generator from (seed, step, rank), so a resumed run repeats
+the uninterrupted one).
 
 Nothing to run here: warmup.py and selfplay.py call it, tests/test_train.py and
 tests/test_gpu_path.py test it (against a naive loss, on a meta-device policy, over gloo).
@@ -129,7 +132,6 @@ def nll_sample(tok, role, prompt, completion, cfg):
     ids = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     return Sample(role, M.encode(tok, [roles.render(tok, prompt, cfg.hints)])[0], ids,
                   [1.0] * len(ids))
-
 
 
 def step_randomness(cfg, step, rank):

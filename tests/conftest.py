@@ -17,3 +17,10 @@ def build_tiny_model(tmp_path_factory):
         M.build_tiny(path, **sizes)
         return path
     return build
+
+
+@pytest.fixture(scope="module")
+def tiny(build_tiny_model):
+    """The smallest model the trainer tests run on (a test file may define its own `tiny`)."""
+    return build_tiny_model(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                            intermediate_size=64, seed=0)

@@ -1,4 +1,5 @@
-"""model.py and sampling.py against trusted references: Hugging Face `generate` and full forward
+"""model.py and sampling.py against trusted references: Hugging Face `generate` and full
+forward passes.
 
 Every test builds its own tiny model; nothing is downloaded.
 Run: python -m pytest -q tests/test_model.py

@@ -1,0 +1,113 @@
+"""warmup.py on a tiny model: the demonstration mix, the judge pairs, the judge-only phase, its
+verdict check and its learning-rate schedule.
+
+Run: python -m pytest -q tests/test_warmup.py
+"""
+import math
+import random
+
+import pytest
+import torch
+
+import model as M
+import roles
+import train
+import update
+import warmup
+
+
+def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny):
+    policy, tok = M.load(tiny)
+    cfg = train.parse_args(["--families=induction,abduction"])
+    share = warmup.verdict_check(policy, tok, cfg, [1, 2], n=6)
+    [cases] = [v for k, v in warmup.VERDICT_CASES.items() if k[2:4] == (cfg.families, (1, 2))]
+    assert len(cases) == 12  # a reference and a slipped solution of each of 6 problems
+    with torch.no_grad():
+        hits = sum(int(policy.lm(input_ids=torch.tensor([prompt])).logits[0, -1].argmax()) == t
+                   for prompt, [t] in cases)
+    assert share == pytest.approx(hits / len(cases))
+    # the target opens the critique's second line: `Verdict: correct` or `Step k is wrong`
+    starts = [tok.decode([t]).strip() for _, [t] in cases]
+    assert all(starts)
+    assert starts[0::2] == ["Verdict"[:len(s)] for s in starts[0::2]]
+    assert starts[1::2] == ["Step"[:len(s)] for s in starts[1::2]]
+
+
+def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
+    policy, tok = M.load(tiny)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    cfg = train.parse_args(["--judge_first=100", "--judge_pass=0.9", "--batch=2",
+                            "--demo_levels=1", "--judge_levels=4,5"])
+    checks, draws, checked = iter([0.5, 0.95, 0.7]), [], []
+    monkeypatch.setattr(warmup, "CHECK_EVERY", 2)
+    monkeypatch.setattr(warmup, "verdict_check", lambda policy, tok, cfg, levels:
+                        checked.append(levels) or next(checks))
+    real = warmup.demonstration
+    monkeypatch.setattr(warmup, "demonstration",
+                        lambda rng, tok, cfg, levels, mix, judged:
+                        draws.append((mix, judged)) or real(rng, tok, cfg, levels, mix, judged))
+    state = {}
+    logged = [warmup.warmup_step(policy, optimizer, tok, cfg, step, 0, state)[0]
+              for step in range(6)]
+    assert [m.get("verdict_check") for m in logged] == [None, 0.5, None, 0.95, None, 0.7]
+    assert state["judge_learned"] == 4  # and stays: 0.7 later does not reopen the phase
+    judge_only = [float(kind == "judge") for kind in roles.DEMO_KINDS]
+    # batch 2: one judge pair of the demonstrated levels per step of the phase, then one or two
+    # draws of the mix, whose judge and pose demonstrations take --judge_levels
+    assert draws[:4] == [(judge_only, [1])] * 4 and len(draws) >= 6
+    assert draws[4:] == [(warmup.demo_settings(cfg)[1], [4, 5])] * (len(draws) - 4)
+    assert checked == [[1]] * 3  # the check stays on the levels the phase was shown
+
+
+def test_demo_mix_weighs_roles_by_their_share_of_samples(tiny):
+    """A judge draw gives a pair, so it is drawn at half its weight: --demo_mix=1,1,0,0,0 gives
+    as many judge samples as solve samples."""
+    _, tok = M.load(tiny)
+    cfg = train.parse_args(["--demo_mix=1,1,0,0,0"])
+    rng, (levels, mix) = random.Random(0), warmup.demo_settings(cfg)
+    samples = [s for _ in range(600)
+               for s in warmup.demonstration(rng, tok, cfg, levels, mix, levels)]
+    share = sum(s.role == "judge" for s in samples) / len(samples)
+    assert abs(share - 0.5) < 0.07  # 3 sd: judge draws ~ Bin(600, 1/3), 2 samples each
+
+
+def test_a_batch_of_one_still_shows_the_judge_both_verdicts(tiny, monkeypatch):
+    """A judge pair that does not fit the batch gives a random half, not always the first."""
+    policy, tok = M.load(tiny)
+    cfg, shown = train.parse_args(["--judge_first=100", "--batch=1"]), []
+    monkeypatch.setattr(update, "train_on", lambda policy, opt, samples, *a: shown.extend(samples))
+    for step in range(20):
+        warmup.warmup_step(policy, None, tok, cfg, step, 0, {})
+    verdicts = [roles.parse_verdict(tok.decode(s.ids, skip_special_tokens=True)) for s in shown]
+    assert len(shown) == 20 and set(verdicts) == {True, False}
+
+
+def test_judge_and_pose_demonstrations_take_their_own_levels(tiny, monkeypatch):
+    _, tok = M.load(tiny)
+    shown, real = [], roles.demonstrations
+    monkeypatch.setattr(roles, "demonstrations", lambda rng, family, level, kind:
+                        shown.append((kind, level)) or real(rng, family, level, kind))
+    cfg = train.parse_args(["--demo_levels=1", "--judge_levels=4,5"])
+    rng, (levels, mix) = random.Random(0), warmup.demo_settings(cfg)
+    for _ in range(200):
+        warmup.demonstration(rng, tok, cfg, levels, mix, warmup.judge_levels(cfg))
+    by_kind = {}
+    for kind, level in shown:
+        by_kind.setdefault(kind, set()).add(level)
+    assert by_kind["solve"] == by_kind["revise"] == {1}
+    assert by_kind["judge"] == by_kind["pose"] == {4, 5}
+
+
+def test_the_judge_only_phase_has_a_learning_rate_schedule_of_its_own():
+    plain = train.parse_args([])
+    cfg = train.parse_args(["--judge_first=100"])
+    judge_only = [train.lr_factor(plain, "warmup", s, 100) for s in range(100)]
+    assert judge_only[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
+    mixed = cfg.mixed_lr
+    assert [train.lr_factor(cfg, "warmup", s, 1000, {}) for s in range(1000)] == pytest.approx(
+        judge_only + [mixed * train.lr_factor(plain, "warmup", s, 900) for s in range(900)])
+    # a phase that ended early, after step 39: the mixed phase decays over the other 960 steps
+    assert [train.lr_factor(cfg, "warmup", s, 1000, {"judge_learned": 40}) for s in range(1000)] \
+        == pytest.approx(judge_only[:40] + [mixed * train.lr_factor(plain, "warmup", s, 960)
+                                            for s in range(960)])
+    assert train.lr_factor(cfg, "alive", 500, 1000, {}) == 1.0  # RL stages: constant
