@@ -175,7 +175,7 @@ def update_curriculum(curriculum, history, solved, cfg):
 
 
 def judge_anchor(rng, tok, cfg, plan):
-    """This rank's share of the step's `judge_anchor` teacher pairs (roles.judge_pair: a
+    """This rank's share of the step's `judge_anchor` teacher pairs (the warm-up's judge demos: a
     reference solution and a slipped one) on the plan's families and levels, as samples of
     coefficient 1: with one epoch the policy gradient of such a sample is its NLL gradient (with
     ppo_epochs > 1 its ratio is clipped like any other). In self-play most solutions of a hard
@@ -184,11 +184,9 @@ def judge_anchor(rng, tok, cfg, plan):
     keep the comparison itself in the loss. Their tokens count in the loss's normalizer (and in
     the logged loss, which they lower by about their share of tokens)."""
     mine = cfg.judge_anchor // M.world() + int(M.rank() < cfg.judge_anchor % M.world())
-    samples = []
-    for family, level in (plan[k % len(plan)] for k in range(mine)):
-        for prompt, critique in roles.judge_pair(tasks.sample(family, level, rng, "train"), rng):
-            samples.append(update.nll_sample(tok, "anchor", prompt, critique, cfg))
-    return samples
+    return [update.nll_sample(tok, "anchor", prompt, critique, cfg)
+            for family, level in (plan[k % len(plan)] for k in range(mine))
+            for prompt, critique in roles.demonstrations(rng, family, level, "judge")]
 
 
 def rl_step(policy, optimizer, tok, cfg, step, rank, state):
