@@ -262,6 +262,12 @@ def world():
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def share(n):
+    """This rank's part of a count `n` split over the ranks: n // world, plus one on the first
+    n % world ranks, so the parts add up to n."""
+    return n // world() + int(rank() < n % world())
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()

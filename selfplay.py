@@ -53,7 +53,7 @@ def seed_plan(rng, cfg, curriculum):
     """This rank's share of the step's seeds: (family, its curriculum level) each."""
     families = cfg.families.split(",")
     return [(f, curriculum[f]) for f in (rng.choice(families)
-                                         for _ in range(max(1, cfg.seeds // M.world())))]
+                                         for _ in range(max(1, M.share(cfg.seeds))))]
 
 
 def environment_tasks(plan, rng, cfg):
@@ -183,9 +183,9 @@ def judge_anchor(rng, tok, cfg, plan):
     drifts to rejecting reference solutions it accepted after the warm-up (README); the pairs
     keep the comparison itself in the loss. Their tokens count in the loss's normalizer (and in
     the logged loss, which they lower by about their share of tokens)."""
-    mine = cfg.judge_anchor // M.world() + int(M.rank() < cfg.judge_anchor % M.world())
+    cells = (plan[k % len(plan)] for k in range(M.share(cfg.judge_anchor)))
     return [update.nll_sample(tok, "anchor", prompt, critique, cfg)
-            for family, level in (plan[k % len(plan)] for k in range(mine))
+            for family, level in cells
             for prompt, critique in roles.demonstrations(rng, family, level, "judge")]
 
 

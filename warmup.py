@@ -74,7 +74,7 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
     if judge_phase:
         mix = [float(kind == "judge") for kind in roles.DEMO_KINDS]
     judged = levels if judge_phase else judge_levels(cfg)
-    samples, size = [], max(1, cfg.batch // M.world())
+    samples, size = [], max(1, M.share(cfg.batch))
     while len(samples) < size:
         drawn = demonstration(rng, tok, cfg, levels, mix, judged)
         # a pair that does not fit gives one of its halves, either: always the first (the

@@ -41,6 +41,18 @@ PROMPTS = ["<s>#problem\na=1\n#solve\n", "<s>x", "<s>a longer prompt, of ragged 
            "<s>12+3"]
 
 
+def test_share_splits_a_count_over_ranks_exactly(monkeypatch):
+    for world in (1, 2, 3, 8):
+        monkeypatch.setattr(M, "world", lambda world=world: world)
+        for n in range(20):
+            parts = []
+            for rank in range(world):
+                monkeypatch.setattr(M, "rank", lambda rank=rank: rank)
+                parts.append(M.share(n))
+            assert sum(parts) == n and max(parts) - min(parts) <= 1, (world, n, parts)
+            assert parts == sorted(parts, reverse=True)  # the extra ones go to the low ranks
+
+
 def test_save_load_identical_logits(tiny, tmp_path):
     policy, tok = M.load(tiny)
     ids = torch.tensor(M.encode(tok, ["<s>hello world"]))
