@@ -154,7 +154,7 @@ def parse_args(argv):
                  f">= 0, not all 0, for {','.join(roles.DEMO_KINDS)}")
     if cfg.corpus:
         try:
-            warmup.CORPUS[cfg.corpus] = tasks.load_corpus(cfg.corpus)
+            warmup.corpus_documents(cfg.corpus)
         except (OSError, ValueError) as err:
             sys.exit(f"train.py: --corpus: {err}")
     return cfg

@@ -13,6 +13,7 @@ the mixed phase that follows runs at --mixed_lr of the rate (train.lr_factor).
 
     python train.py --stage=warmup --out=runs/w --steps=1000 [--judge_first=1500 ...]
 """
+import functools
 import random
 
 import torch
@@ -56,11 +57,15 @@ def raw_document(rng, cfg):
     """A document for language modelling: from --corpus when given, else a story of the corpus
     family at any level (the raw corpus may be broader than the demonstrations)."""
     if cfg.corpus:
-        return rng.choice(CORPUS[cfg.corpus])
+        return rng.choice(corpus_documents(cfg.corpus))
     return tasks.document(rng, rng.choice(tasks.LEVELS))
 
 
-CORPUS = {}  # path -> documents, read once per process
+@functools.lru_cache(maxsize=None)
+def corpus_documents(path):
+    """The documents of a --corpus file, read once per process (train.parse_args reads it first,
+    so a bad file is refused before any model is built)."""
+    return tasks.load_corpus(path)
 
 
 def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
