@@ -34,15 +34,15 @@ TINY_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{%
 
 # ----------------------------------------------------------------------------- the tiny default
 
-def build_tiny_tokenizer(texts=(), vocab_size=1024):
+def build_tiny_tokenizer(texts=(), vocab_size=1024, pieces=TINY_PIECES):
     """BPE over printable ASCII (+ pad/bos/eos/unk), merges learned from `texts`. Merges never
-    cross a TINY_PIECES piece, and the vocabulary is large enough for every piece of the texts to
-    become one token: a word, and a whole number (as Llama-3's tokenizer holds numbers up to 999),
-    so comparing two answers is comparing two tokens."""
+    cross a piece (a match of the regex `pieces`), and the vocabulary is large enough for every
+    piece of the texts to become one token: a word, and a whole number (as Llama-3's tokenizer
+    holds numbers up to 999), so comparing two answers is comparing two tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     core = Tokenizer(models.BPE(unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(TINY_PIECES), behavior="isolated")
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(pieces), behavior="isolated")
     core.decoder = decoders.Fuse()
     core.train_from_iterator(list(texts), trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=TINY_SPECIALS, initial_alphabet=TINY_CHARS,
@@ -54,10 +54,10 @@ def build_tiny_tokenizer(texts=(), vocab_size=1024):
 
 
 def build_tiny(path, texts=(), hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
-               intermediate_size=384, max_positions=1024, seed=0):
+               intermediate_size=384, max_positions=1024, seed=0, pieces=TINY_PIECES):
     """Build a tiny Llama with a tokenizer trained on `texts`, saved to `path` in HF format."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    tok = build_tiny_tokenizer(texts)
+    tok = build_tiny_tokenizer(texts, pieces=pieces)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads,
