@@ -72,8 +72,8 @@ class Config:
     lr_warmup: int = 10         # linear learning-rate warm-up steps
     grad_clip: float = 1.0      # max global grad norm
     weight_decay: float = 0.0   # AdamW's decoupled weight decay
-    batch: int = 32             # warmup: demonstration samples per step, all ranks
-    seeds: int = 8              # alive: seeds (problem families x levels) per step, all ranks
+    batch: int = 32             # warmup: demonstration samples per step, all ranks (>= 1 each)
+    seeds: int = 8              # alive: seeds (family x level) per step, all ranks (>= 1 each)
     posings: int = 2            # alive: M posings per seed
     solutions: int = 4          # alive: N solutions per valid posing
     temperature: float = 1.0    # rollout sampling temperature
