@@ -68,24 +68,26 @@ def item(task, rng):
 
 
 def encode(tok, pairs):
-    """Right-padded ids [B, L] and a mask of the completion tokens (eos included)."""
-    rows = []
-    for prompt, completion in pairs:
-        p = tok(prompt, add_special_tokens=False).input_ids
-        c = tok(completion, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        rows.append((p + c, [0] * len(p) + [1] * len(c)))
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in rows])
-    mask = torch.tensor([m + [0] * (width - len(m)) for _, m in rows])
-    return ids, mask
+    """The pairs packed as the trainer packs them (model.pack: right-padded, the completion
+    tokens and eos flattened with the position that predicts each)."""
+    prompts = [tok(p, add_special_tokens=False).input_ids for p, _ in pairs]
+    completions = [tok(c, add_special_tokens=False).input_ids + [tok.eos_token_id]
+                   for _, c in pairs]
+    return model.pack(prompts, completions, tok.pad_token_id, "cpu")
 
 
-def exact_match(lm, ids, mask):
+def scored_logits(lm, packed):
+    """Logits at the positions that predict the completion tokens, [n, vocab]."""
+    return lm(packed.input_ids).logits[packed.rows, packed.cols]
+
+
+def exact_match(lm, packed):
     """Share of items whose every completion token is the model's argmax."""
     with torch.no_grad():
-        guess = lm(ids).logits[:, :-1].argmax(-1)
-    right = (guess == ids[:, 1:]) | (mask[:, 1:] == 0)
-    return right.all(1).float().mean().item()
+        wrong = (scored_logits(lm, packed).argmax(-1) != packed.targets).long()
+    items = packed.input_ids.shape[0]
+    return (torch.zeros(items, dtype=torch.long).index_add_(0, packed.rows, wrong) == 0
+            ).float().mean().item()
 
 
 def run_task(task, args):
@@ -108,18 +110,15 @@ def run_task(task, args):
         scale = min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * scale
-        ids, mask = encode(tok, [item(task, rng) for _ in range(args.batch)])
-        logits = lm(ids).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:],
-                                                reduction="none")
-        loss = (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        packed = encode(tok, [item(task, rng) for _ in range(args.batch)])
+        loss = torch.nn.functional.cross_entropy(scored_logits(lm, packed), packed.targets)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         optimizer.step()
         if step % args.every == 0 or step == args.steps:
             lm.eval()
-            rows.append((step, loss.item(), exact_match(lm, *held_out)))
+            rows.append((step, loss.item(), exact_match(lm, held_out)))
             lm.train()
     return rows, time.time() - start
 
