@@ -112,21 +112,26 @@ def near_duplicate(texts, threshold=0.8, n=3):
     return marks
 
 
-def duplicate_posings(problems, families, threshold=0.8):
-    """Mark valid posings (problem text; None if invalid) that repeat an earlier one, exactly or
-    nearly. The lines every posing of a family shares (its template) are left out of the
-    comparison, or all instances of a family would look alike."""
+def duplicate_posings(problems, cells, threshold=0.8):
+    """Mark valid posings (problem text; None if invalid) that repeat an earlier one: exactly, or
+    nearly within its cell (family and level). The lines every posing of a cell shares (its
+    template, `Find the term 2 after the last.`) are left out of the near comparison, or all
+    instances of a cell would look alike; across cells templates differ, and a short problem
+    under a long shared line would look like another."""
     shared = {}
-    for p, f in zip(problems, families):
+    for p, c in zip(problems, cells):
         if p is not None:
             lines = set(p.split("\n"))
-            shared[f] = shared[f] & lines if f in shared else lines
-    keys = [f"<invalid {i}>" if p is None else
-            "\n".join(line for line in p.split("\n") if line not in shared[f])
-            for i, (p, f) in enumerate(zip(problems, families))]
-    near, seen, marked = near_duplicate(keys, threshold), set(), []
-    for p, n in zip(problems, near):
-        marked.append(p is not None and (n or p in seen))
+            shared[c] = shared[c] & lines if c in shared else lines
+    near = {}
+    for c, template in shared.items():
+        mine = [i for i, (p, ci) in enumerate(zip(problems, cells)) if p is not None and ci == c]
+        keys = ["\n".join(line for line in problems[i].split("\n") if line not in template)
+                for i in mine]
+        near.update(zip(mine, near_duplicate(keys, threshold)))
+    seen, marked = set(), []
+    for i, p in enumerate(problems):
+        marked.append(p is not None and (near[i] or p in seen))
         seen.add(p)
     return marked
 

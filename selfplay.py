@@ -91,7 +91,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
         posings.append(R.Posing(plan[i][0], pose, task if isinstance(task, tasks.Task) else None))
     posed = [p for p in posings if p.task is not None]
     for p, dup in zip(posed, R.duplicate_posings([p.task.prompt for p in posed],
-                                                 [p.family for p in posed])):
+                                                 [(p.family, p.task.level) for p in posed])):
         p.duplicate = dup
     # A seed none of whose posings is valid is solved on an environment task of its family and
     # level, so solver, judge and reviser keep learning while the poser learns to pose.

@@ -238,7 +238,7 @@ def test_chain_records_feed_refinement_pairs():
                                                               ("judge", "step 1", "fine")]
 
 
-def test_duplicate_posings_ignore_the_family_template():
+def test_duplicate_posings_ignore_the_template_of_their_cell():
     header = "Find a,b,c (1=true, 0=false) so that all hold:"
     problems = [f"{header}\nc&b\nc->b\n~a", f"{header}\na|b\n~b\nc^a",
                 f"{header}\nc&b\nc->b\n~a", None, "Rule: add.\nSequence: 1, 2, ?"]
@@ -247,3 +247,11 @@ def test_duplicate_posings_ignore_the_family_template():
     # first exactly; an invalid posing is never a duplicate
     assert refine.duplicate_posings(problems, families) == [False, False, True, False, False]
     assert refine.near_duplicate([f"{header}\nc&b", f"{header}\na|b"]) == [False, True]
+    # a template line shared within a cell, not across the family: two short sequences of one
+    # level differ, though with the line kept they would look alike
+    two = ["Sequence: 28, 29, 27, 28\nFind the term 2 after the last.",
+           "Sequence: 28, 27, 26\nFind the term 2 after the last.",
+           "Sequence: 4, 5\nFind the term 1 after the last."]
+    assert refine.near_duplicate(two[:2]) == [False, True]
+    assert refine.duplicate_posings(two, [("induction", 2)] * 2 + [("induction", 1)]) == \
+        [False, False, False]

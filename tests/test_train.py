@@ -124,9 +124,9 @@ def test_clip_fraction_counts_tokens_outside_the_trust_region(tiny):
 
 
 def scripted_roles(tok, known_tasks=None):
-    """A test double for the sampler: poses valid instances, solves right and wrong in turn
-    (wrong = corrupted until the final answer is wrong), judges with the programmatic critic,
-    revises correctly. It knows a problem's task from its own posing or from `known_tasks`."""
+    """A test double for the sampler: poses distinct valid instances, solves right and wrong in
+    turn (wrong = corrupted until the final answer is wrong), judges with the programmatic
+    critic, revises correctly. It knows a problem's task from its own posing or from `known_tasks`."""
     task_of = {} if known_tasks is None else known_tasks
     rng, critique_of, solved = random.Random(0), {}, [0]
 
@@ -139,7 +139,8 @@ def scripted_roles(tok, known_tasks=None):
         if role == "pose":
             family, level = prompt.split("\n")[-2].split()[1:]
             task = None
-            while not isinstance(task, tasks.Task):  # a posing the environment builds in train
+            while not isinstance(task, tasks.Task) or task.prompt in task_of:
+                # a posing the environment builds in train, and not one posed before
                 text = tasks.pose_text(tasks.sample(family, int(level), rng))
                 task = tasks.validate(family, text, int(level), split="train")
             task_of[task.prompt] = task
