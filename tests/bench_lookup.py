@@ -1,11 +1,12 @@
 """Benchmark: which lookups does the tiny model learn in a CPU budget?
 
-Deduction and abduction are lookups: a step names a variable, and the solver must find the rule
-where that variable stands and copy what stands beside it (`v<-t` needs the `t` of the rule
-`t->v`). This probe trains a fresh tiny Llama (train.py's default sizes, its tokenizer built on
-the probe's texts) on one synthetic task at a time and reports teacher-forced exact match on
-fresh draws (every completion token the argmax; a greedy decode would write the same), so each
-row says whether one kind of lookup is learned within `--steps`:
+Abduction is a lookup (and deduction was one while its rules were shuffled): a step names a
+variable, and the solver must find the rule where that variable stands and copy what stands
+beside it (`v<-t` needs the `t` of the rule `t->v`). This probe trains a fresh tiny Llama
+(train.py's default sizes, its tokenizer built on the probe's texts) on one synthetic task at a
+time and reports teacher-forced exact match on fresh draws (every completion token the argmax;
+a greedy decode would write the same), so each row says whether one kind of lookup is learned
+within `--steps`:
 
   offset          copy 8 letters that stand at a fixed distance back (positional attention)
   symbols         repeat 5-15 distinct symbols (`%(&!`, one token each): each copied token

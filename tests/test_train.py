@@ -126,7 +126,8 @@ def test_clip_fraction_counts_tokens_outside_the_trust_region(tiny):
 def scripted_roles(tok, known_tasks=None):
     """A test double for the sampler: poses distinct valid instances, solves right and wrong in
     turn (wrong = corrupted until the final answer is wrong), judges with the programmatic
-    critic, revises correctly. It knows a problem's task from its own posing or from `known_tasks`."""
+    critic, revises correctly. It knows a problem's task from its own posing or from
+    `known_tasks`."""
     task_of = {} if known_tasks is None else known_tasks
     rng, critique_of, solved = random.Random(0), {}, [0]
 
