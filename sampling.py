@@ -75,14 +75,14 @@ def hf_decoder(policy):
     return step, cache.batch_select_indices
 
 
-LEAN_FAMILIES = ("llama", "qwen2", "mistral")
+LEAN_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 
 
 def lean_decoder(lm, batch, max_len):
     """Decode through the layers' weights with a preallocated KV cache: the HF Llama math
-    (RMSNorm, the model's `rotary_emb`, GQA, SiLU MLP) without its per-call overhead (output
-    capturing, masks, growing caches), most of a step for a small model. Under FSDP2 call it
-    inside `gathered_for_rollout`.
+    (RMSNorm, the model's `rotary_emb`, GQA, SiLU MLP; Qwen3's QK-norm) without its per-call
+    overhead (output capturing, masks, growing caches), most of a step for a small model. Under
+    FSDP2 call it inside `gathered_for_rollout`.
 
     GQA is folded, not copied: the G query heads sharing a key/value head are stacked on the query
     axis ([B, kv_heads, G * W, D]), the mask repeated G times, so attention is plain multi-head SDPA
@@ -118,6 +118,8 @@ def lean_decoder(lm, batch, max_len):
             attn, x = layer.self_attn, layer.input_layernorm(h)
             q, k, v = (proj(x).view(rows, width, -1, head_dim).transpose(1, 2)
                        for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+            if cfg.model_type == "qwen3":  # each head's query and key RMS-normed, then rotated
+                q, k = attn.q_norm(q), attn.k_norm(k)
             k_cache[:rows, :, filled:end] = rotate(k, cos, sin)
             v_cache[:rows, :, filled:end] = v
             q = rotate(q, cos, sin).reshape(rows, kv_heads, group * width, head_dim)
@@ -139,8 +141,8 @@ def lean_decoder(lm, batch, max_len):
 
 
 def lean_supported(policy, max_len):
-    """Llama, Qwen2 (attention biases come with the modules) and Mistral: SiLU, plain logits,
-    and a sliding window (if any) longer than the sequence."""
+    """Llama, Qwen2 (attention biases come with the modules), Qwen3 and Mistral: SiLU, plain
+    logits, and a sliding window (if any) longer than the sequence."""
     cfg = policy.lm.config
     window = getattr(cfg, "sliding_window", None) if (
         getattr(cfg, "use_sliding_window", True) and cfg.model_type != "llama") else None

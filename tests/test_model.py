@@ -24,16 +24,25 @@ def tiny(build_tiny_model):
                             intermediate_size=128, seed=1)
 
 
-def qwen2_untied(path):
-    """A tiny Qwen2 (untied embeddings, attention biases) saved beside the char tokenizer."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def other_family(path, family):
+    """A tiny Qwen2 (untied embeddings, attention biases) or Qwen3 (QK-norm, its gains drawn
+    away from 1 so that a decoder skipping them shows) saved beside the char tokenizer."""
+    import transformers
     tok = M.build_tiny_tokenizer()
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      tie_word_embeddings=False, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    kinds = {"qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+             "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}
+    config, causal_lm = kinds[family]
+    cfg = config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, head_dim=16,
+                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 tie_word_embeddings=family == "qwen3", eos_token_id=tok.eos_token_id,
+                 pad_token_id=tok.pad_token_id)
     torch.manual_seed(2)
-    M.save_pretrained_atomic(Qwen2ForCausalLM(cfg), tok, path)
+    lm = causal_lm(cfg)
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.uniform_(0.5, 2.0)
+    M.save_pretrained_atomic(lm, tok, path)
     return path
 
 
@@ -88,9 +97,9 @@ def test_tiny_tokenizer_keeps_words_and_numbers_whole():
 
 
 @pytest.mark.parametrize("lean", [True, False])
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_greedy_matches_hf_generate(tiny, tmp_path, family, lean):
-    path = tiny if family == "llama" else qwen2_untied(str(tmp_path / "qwen2"))
+    path = tiny if family == "llama" else other_family(str(tmp_path / family), family)
     policy, tok = M.load(path)
     prompts = M.encode(tok, PROMPTS)
     ids, mask, _ = sampling.left_pad(prompts, tok.pad_token_id, "cpu")
@@ -111,10 +120,12 @@ def test_greedy_matches_hf_generate(tiny, tmp_path, family, lean):
 
 
 @pytest.mark.parametrize("lean", [True, False])
-def test_decoder_logits_equal_full_forward(tiny, lean):
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_decoder_logits_equal_full_forward(tiny, tmp_path, family, lean):
     """The KV-cache decoders' logits at every step equal a full forward of each row alone (no
     padding, no cache): prefill of ragged prompts, then new tokens fed one at a time."""
-    policy, tok = M.load(tiny)
+    path = tiny if family == "llama" else other_family(str(tmp_path / family), family)
+    policy, tok = M.load(path)
     assert policy.lm.config.num_key_value_heads < policy.lm.config.num_attention_heads  # GQA
     prompts = M.encode(tok, PROMPTS)
     ids, mask, positions = sampling.left_pad(prompts, tok.pad_token_id, "cpu")
