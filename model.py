@@ -1,8 +1,9 @@
 """model.py: the policy, one causal language model that plays every role.
 
 What lives here, in order:
-  1. the tiny default: a BPE tokenizer trained on the texts it will read and a small Llama, in
-     Hugging Face format, loaded like a local 8B checkpoint (nothing is ever downloaded);
+  1. the tiny default: a BPE tokenizer trained on the texts it will read and a small Qwen3
+     (Llama's decoder with QK-norm), in Hugging Face format, loaded like a local 8B checkpoint
+     (nothing is ever downloaded);
   2. loading, whole (`load`) or into FSDP2 shards (`load_sharded`), and `Policy`;
   3. teacher forcing: prompt + completion batches packed for the trainer's forward;
   4. FSDP2 sharding, `gathered_for_rollout` (parameters unsharded once per rollout phase for
@@ -55,17 +56,23 @@ def build_tiny_tokenizer(texts=(), vocab_size=1024, pieces=TINY_PIECES):
 
 def build_tiny(path, texts=(), hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
                intermediate_size=384, max_positions=1024, seed=0, pieces=TINY_PIECES):
-    """Build a tiny Llama with a tokenizer trained on `texts`, saved to `path` in HF format."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Build a tiny Qwen3 with a tokenizer trained on `texts`, saved to `path` in HF format.
+    Qwen3 is Llama's decoder with QK-norm: each head's query and key are RMS-normed before the
+    dot product, so attention logits cannot grow with the weights. Without it the tiny model
+    learned the judge's comparison only at a high rate (none in 1,800 judge-only steps at 1e-3),
+    and that rate left a model that no longer learned to solve; with it the comparison was
+    learned in 1,400 steps at 1e-3 (README, "Learning to judge")."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
     tok = build_tiny_tokenizer(texts, pieces=pieces)
-    config = LlamaConfig(
+    config = Qwen3Config(
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads, max_position_embeddings=max_positions,
-        tie_word_embeddings=True, rope_theta=10000.0, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        num_key_value_heads=num_kv_heads, head_dim=hidden_size // num_heads,
+        max_position_embeddings=max_positions, tie_word_embeddings=True, rope_theta=10000.0,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    save_pretrained_atomic(LlamaForCausalLM(config), tok, path)
+    save_pretrained_atomic(Qwen3ForCausalLM(config), tok, path)
     return path
 
 

@@ -1,5 +1,6 @@
 """Shared by every test: the project root on sys.path (so `pytest` works from any directory,
-not only `python -m pytest` from the root), and tiny char-level Llamas built on the spot."""
+not only `python -m pytest` from the root), and tiny models (model.build_tiny) built on the
+spot."""
 import os
 import sys
 

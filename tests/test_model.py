@@ -24,17 +24,18 @@ def tiny(build_tiny_model):
                             intermediate_size=128, seed=1)
 
 
-def other_family(path, family):
-    """A tiny Qwen2 (untied embeddings, attention biases) or Qwen3 (QK-norm, its gains drawn
-    away from 1 so that a decoder skipping them shows) saved beside the char tokenizer."""
+def tiny_of_family(path, family):
+    """A tiny Llama, Qwen2 (untied embeddings, attention biases) or Qwen3 (QK-norm, its gains
+    drawn away from 1 so that a decoder skipping them shows) saved beside the char tokenizer."""
     import transformers
     tok = M.build_tiny_tokenizer()
-    kinds = {"qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    kinds = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
              "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}
     config, causal_lm = kinds[family]
     cfg = config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, head_dim=16,
                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 tie_word_embeddings=family == "qwen3", eos_token_id=tok.eos_token_id,
+                 tie_word_embeddings=family != "qwen2", eos_token_id=tok.eos_token_id,
                  pad_token_id=tok.pad_token_id)
     torch.manual_seed(2)
     lm = causal_lm(cfg)
@@ -98,9 +99,8 @@ def test_tiny_tokenizer_keeps_words_and_numbers_whole():
 
 @pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
-def test_greedy_matches_hf_generate(tiny, tmp_path, family, lean):
-    path = tiny if family == "llama" else other_family(str(tmp_path / family), family)
-    policy, tok = M.load(path)
+def test_greedy_matches_hf_generate(tmp_path, family, lean):
+    policy, tok = M.load(tiny_of_family(str(tmp_path / family), family))
     prompts = M.encode(tok, PROMPTS)
     ids, mask, _ = sampling.left_pad(prompts, tok.pad_token_id, "cpu")
     # An untrained model rarely emits eos; take as "eos" a token that greedy decoding emits
@@ -121,11 +121,10 @@ def test_greedy_matches_hf_generate(tiny, tmp_path, family, lean):
 
 @pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
-def test_decoder_logits_equal_full_forward(tiny, tmp_path, family, lean):
+def test_decoder_logits_equal_full_forward(tmp_path, family, lean):
     """The KV-cache decoders' logits at every step equal a full forward of each row alone (no
     padding, no cache): prefill of ragged prompts, then new tokens fed one at a time."""
-    path = tiny if family == "llama" else other_family(str(tmp_path / family), family)
-    policy, tok = M.load(path)
+    policy, tok = M.load(tiny_of_family(str(tmp_path / family), family))
     assert policy.lm.config.num_key_value_heads < policy.lm.config.num_attention_heads  # GQA
     prompts = M.encode(tok, PROMPTS)
     ids, mask, positions = sampling.left_pad(prompts, tok.pad_token_id, "cpu")
