@@ -61,7 +61,7 @@ def build_tiny(path, texts=(), hidden_size=128, num_layers=2, num_heads=4, num_k
     dot product, so attention logits cannot grow with the weights. Without it the tiny model
     learned the judge's comparison only at a high rate (none in 1,800 judge-only steps at 1e-3),
     and that rate left a model that no longer learned to solve; with it the comparison was
-    learned in 1,400 steps at 1e-3 (README, "Learning to judge")."""
+    learned in 1,400 steps at 1e-3 (README, "How the tiny world became learnable")."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
     tok = build_tiny_tokenizer(texts, pieces=pieces)
     config = Qwen3Config(

@@ -273,7 +273,7 @@ def demonstrations(rng, family, level, kind):
     solution with one slip, each with its critique. Shown one at a time, the tiny judge stayed
     at chance on the numeric and letter answers for 2,000 steps; shown side by side in one
     batch, the only difference between the two is whether the answers match, and the
-    comparison is learned (README, "Learning to judge")."""
+    comparison is learned (README, "How the tiny world became learnable")."""
     task = tasks.sample(family, level, rng, "train")
     if kind == "solve":
         return [(solve_prompt(task.prompt), tasks.solve(task))]

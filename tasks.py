@@ -15,7 +15,8 @@ Families (L = level):
              false). Steps: the fact, then one per rule. Answer: `c=1,a=0,b=1` (in that order).
              Listed in order, step k reads line k by position: trained on deduction alone the
              tiny model solves levels 1-2 (1.00 against 0.52 and 0.46 with the rules shuffled,
-             where each step must find the rule by its content; README, "What limits").
+             where each step must find the rule by its content; README, "How the tiny world
+             became learnable").
   abduction  2-4 causes, each heading a chain of L rules to an effect; one effect is seen: which
              cause explains it? Chains are equally long, so counting links or reading positions
              finds nothing. Steps: the chain traced back, `v<-m` (a rule `m->v` read backwards).

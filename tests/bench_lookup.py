@@ -2,7 +2,7 @@
 
 Abduction is a lookup (and deduction was one while its rules were shuffled): a step names a
 variable, and the solver must find the rule where that variable stands and copy what stands
-beside it (`v<-t` needs the `t` of the rule `t->v`). This probe trains a fresh tiny Llama
+beside it (`v<-t` needs the `t` of the rule `t->v`). This probe trains a fresh tiny model
 (train.py's default sizes, its tokenizer built on the probe's texts) on one synthetic task at a
 time and reports teacher-forced exact match on fresh draws (every completion token the argmax;
 a greedy decode would write the same), so each row says whether one kind of lookup is learned

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU smoke test (not collected by pytest). On CUDA: a tiny random Llama (4 layers, GQA)
+# The GPU smoke test (not collected by pytest). On CUDA: a tiny random Qwen3 (4 layers, GQA)
 # through `warmup` (5 steps) and `alive` (3 steps) under torchrun, FSDP2 in bf16 with activation
 # checkpointing, on 1 rank and, when more GPUs are visible, on all of them; then eval.py on the
 # result; then which fused attention kernels the lean decoder and the training forward run with.
