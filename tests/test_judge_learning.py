@@ -3,7 +3,7 @@
 Judge-only training on contrastive pairs of one cell (induction, level 1), then greedy judging
 of held-out items, each once with its reference solution and once with a slipped one. Always
 giving one verdict scores 0.5, so passing needs the comparison of the two answers, learned
-from scratch in about two minutes.
+from scratch in about a minute.
 
 Run: python -m pytest -q tests/test_judge_learning.py
 """
@@ -12,7 +12,7 @@ import argparse
 
 import bench_judge
 
-STEPS = 1000  # seed 0, 2 threads: held-out agreement 0.56 after 700 steps, 1.00 after 1,000
+STEPS = 500  # seed 0, 2 threads: held-out agreement 0.995 (the Llama before QK-norm: 0.56 at 700)
 
 
 def test_a_fresh_model_learns_to_judge_one_cell(tmp_path):
