@@ -1,6 +1,6 @@
 """train.py: every stage of the pipeline wired together, single process or `torchrun` (FSDP2).
 
-    python train.py                          # tiny default into runs/tiny (2-core CPU, ~6 min)
+    python train.py                          # tiny default into runs/tiny (2-core CPU, ~9 min)
     python train.py --stage=alive --model=DIR --out=DIR [--steps=N --seed=N --resume ...]
     torchrun --nproc_per_node=8 train.py --stage=alive --model=/path/to/8B --out=runs/8b \
         --rl_lr=1e-6
@@ -57,7 +57,7 @@ class Config:
     tiny_heads: int = 4         # ... and attention heads
     out: str = "runs/tiny"      # run directory of this stage (or of the whole pipeline)
     steps: int = 0              # optimizer steps of the stage; 0 = that stage's default below
-    warmup_steps: int = 1000    # default steps of warmup
+    warmup_steps: int = 2000    # default steps of warmup
     rl_steps: int = 100         # default steps of alive / align / domain
     refine_steps: int = 30      # default steps of refine
     refine_rounds: int = 2      # refine: most critique -> revise rounds per chain
@@ -67,7 +67,7 @@ class Config:
     reward: str = "verbal"      # alive/domain: verbal (the judge's words) | scalar (GRPO baseline)
     families: str = "deduction,induction,abduction,corpus"  # task families used in training
     corpus: str = ""            # JSONL of {"text": ...} raw documents; "" = the generated one
-    lr: float = 4e-3            # learning rate of NLL stages (tiny default; ~1e-5 for 8B)
+    lr: float = 1e-3            # learning rate of NLL stages (tiny default; ~1e-5 for 8B)
     rl_lr: float = 3e-5         # learning rate of RL stages (1e-4 cost the tiny model level 1)
     lr_warmup: int = 10         # linear learning-rate warm-up steps
     grad_clip: float = 1.0      # max global grad norm
@@ -91,12 +91,12 @@ class Config:
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
-    judge_levels: str = ""      # warmup: levels of judge and pose demos after the judge-only
-                                #   phase; "" = demo_levels
-    demo_mix: str = "3,3,2,1,1"  # warmup: share of solve,judge,revise,pose,text samples
-    judge_first: int = 0        # warmup: at most N first steps on judge demonstrations only,
+    judge_levels: str = "1,2,3,4,5"  # warmup: levels of judge and pose demos after the
+                                #   judge-only phase; "" = demo_levels
+    demo_mix: str = "4,3,1,1,1"  # warmup: share of solve,judge,revise,pose,text samples
+    judge_first: int = 1200     # warmup: at most N first steps on judge demonstrations only,
     judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share;
-    mixed_lr: float = 0.25      # ... then the mixed phase peaks at this share of lr
+    mixed_lr: float = 1.0       # ... then the mixed phase peaks at this share of lr
     merge_method: str = "task_arithmetic"  # merge: linear|task_arithmetic|ties|dare
     merge_density: float = 0.5  # merge: ties/dare density
     merge_models: str = ""      # merge: comma-separated dirs; "" = <out>/../align_<ability>/model

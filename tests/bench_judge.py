@@ -16,7 +16,7 @@ miss it).
 
 Run: python tests/bench_judge.py [--role=judge|solve] [--seconds=300 | --steps=2000] [--seeds=2]
         [--levels=1,2] [--eval_levels=1,2,3] [--n=200]
-        [--tiny_layers=2 --tiny_hidden=128 --lr=4e-3 --batch=32 --threads=2]
+        [--tiny_layers=2 --tiny_hidden=128 --lr=1e-3 --batch=32 --threads=2]
 """
 import argparse
 import json
@@ -40,7 +40,8 @@ def trained_model(role, seconds, seed, levels, flags, out, steps=None):
     """A fresh tiny model trained on `role` demonstrations for `seconds` (or exactly `steps`, at
     the warm-up's decaying learning rate): its directory, config, steps taken and seconds."""
     cfg = train.parse_args([f"--out={out}", f"--seed={seed}", f"--demo_mix={MIX[role]}",
-                            f"--demo_levels={levels}", "--save_every=1000000"] + flags)
+                            f"--demo_levels={levels}", f"--judge_levels={levels}",
+                            "--judge_first=0", "--save_every=1000000"] + flags)
     torch.set_num_threads(cfg.threads or os.cpu_count())
     start = time.time()
     model = train.run_stage(cfg, "warmup", train.base_model(cfg), os.path.join(out, role),

@@ -99,8 +99,8 @@ def test_judge_and_pose_demonstrations_take_their_own_levels(tiny, monkeypatch):
 
 
 def test_the_judge_only_phase_has_a_learning_rate_schedule_of_its_own():
-    plain = train.parse_args([])
-    cfg = train.parse_args(["--judge_first=100"])
+    plain = train.parse_args(["--judge_first=0"])
+    cfg = train.parse_args(["--judge_first=100", "--mixed_lr=0.25"])  # a scale that shows
     judge_only = [train.lr_factor(plain, "warmup", s, 100) for s in range(100)]
     assert judge_only[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
     mixed = cfg.mixed_lr
