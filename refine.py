@@ -118,14 +118,13 @@ def duplicate_posings(problems, cells, threshold=0.8):
     template, `Find the term 2 after the last.`) are left out of the near comparison, or all
     instances of a cell would look alike; across cells templates differ, and a short problem
     under a long shared line would look like another."""
-    shared = {}
-    for p, c in zip(problems, cells):
+    members = {}  # cell -> indices of its valid posings
+    for i, (p, c) in enumerate(zip(problems, cells)):
         if p is not None:
-            lines = set(p.split("\n"))
-            shared[c] = shared[c] & lines if c in shared else lines
+            members.setdefault(c, []).append(i)
     near = {}
-    for c, template in shared.items():
-        mine = [i for i, (p, ci) in enumerate(zip(problems, cells)) if p is not None and ci == c]
+    for mine in members.values():
+        template = set.intersection(*(set(problems[i].split("\n")) for i in mine))
         keys = ["\n".join(line for line in problems[i].split("\n") if line not in template)
                 for i in mine]
         near.update(zip(mine, near_duplicate(keys, threshold)))

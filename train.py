@@ -92,7 +92,7 @@ class Config:
     start_level: int = 2        # curriculum: starting level of every family
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
     judge_levels: str = "1,2,3,4,5"  # warmup: levels of judge and pose demos after the
-                                #   judge-only phase; "" = demo_levels
+                                     #   judge-only phase; "" = demo_levels
     demo_mix: str = "4,3,1,1,1"  # warmup: share of solve,judge,revise,pose,text samples
     judge_first: int = 1200     # warmup: at most N first steps on judge demonstrations only,
     judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share;
