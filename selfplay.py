@@ -5,7 +5,9 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
      and computes the answer, so the poser cannot pose what it cannot check;
   2. solve: `solutions` samples per valid problem;
   3. judge: each solution critiqued in words, the reference answer in view, its verdict parsed;
-  4. revise: each solution the judge did not accept, conditioned on the critique;
+  4. revise: each solution the judge did not accept, conditioned on the critique; a revision
+     counts as right only when its whole chain is (tasks.faithful): the critique names the
+     reference answer, and a revision that copies it under wrong steps must not teach the solver;
   5. learn: refine.self_play_samples turns the record into rewards per role, group advantages
      A = (r - mean r) / std r and token credit; with `judge_anchor` teacher judge pairs
      (NLL) beside them, update.train_on takes one clipped PG step.
@@ -127,7 +129,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
                                            for p, j in redo], cfg, gen)
     for (p, j), r in zip(redo, revisions):
         p.revisions[j] = r
-        p.gains[j] = float(R.revision_gain(p.correct[j], evaluation.score(p.task, r.text)))
+        p.gains[j] = float(R.revision_gain(p.correct[j], tasks.faithful(p.task, r.text)))
     # 5. rewards, advantages and credit of every role
     alpha = R.alpha_schedule(step, cfg.alpha_steps, cfg.alpha_floor)
     trained, rewards = R.self_play_samples(posings, alpha)

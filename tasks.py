@@ -344,6 +344,17 @@ def check(task, answer_text):
 ANSWER_LINE = re.compile(r"[ \t]*answer[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
 
 
+def faithful(task, text):
+    """Is `text` the reference worked solution line for line (up to spacing and case), so its
+    right answer follows from right steps? A reviser shown `want <reference>` can copy the answer
+    under steps that do not reach it; only the chain tells the two apart. A task without known
+    steps (loaded from JSONL) is judged by its answer."""
+    if not task.steps:
+        return check(task, answer_of(text))
+    lines = [_norm(line) for line in str(text).splitlines() if line.strip()]
+    return lines == [_norm(line) for line in solve(task).splitlines()]
+
+
 def answer_of(text):
     """What follows the last `Answer:` line of a solution, stripped; None if none or empty."""
     found = [m.group(1).strip() for m in map(ANSWER_LINE.fullmatch, str(text).splitlines()) if m]

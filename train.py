@@ -93,6 +93,7 @@ class Config:
     demo_levels: str = "1,2"    # warmup: levels of the demonstrations
     judge_levels: str = "1,2,3,4,5"  # warmup: levels of judge and pose demos after the
                                      #   judge-only phase; "" = demo_levels
+    revise_levels: str = ""     # warmup: levels of the revise demos; "" = demo_levels
     demo_mix: str = "4,3,1,1,1"  # warmup: share of solve,judge,revise,pose,text samples
     judge_first: int = 1200     # warmup: at most N first steps on judge demonstrations only,
     judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share;
@@ -142,13 +143,13 @@ def parse_args(argv):
         sys.exit(f"train.py: --families has {bad}; valid: {', '.join(tasks.FAMILIES)}")
     try:
         levels, mix = warmup.demo_settings(cfg)
-        judged = warmup.judge_levels(cfg)
     except ValueError:
-        sys.exit("train.py: --demo_levels, --judge_levels and --demo_mix take comma-separated "
-                 "numbers")
-    if not set(levels) | set(judged) <= set(tasks.LEVELS):
+        sys.exit("train.py: --demo_levels, --judge_levels, --revise_levels and --demo_mix take "
+                 "comma-separated numbers")
+    if not set().union(*levels.values()) <= set(tasks.LEVELS):
         sys.exit(f"train.py: --demo_levels={cfg.demo_levels!r}, --judge_levels="
-                 f"{cfg.judge_levels!r}; levels are {tasks.LEVELS}")
+                 f"{cfg.judge_levels!r}, --revise_levels={cfg.revise_levels!r}; levels are "
+                 f"{tasks.LEVELS}")
     if len(mix) != len(roles.DEMO_KINDS) or min(mix) < 0 or sum(mix) <= 0:
         sys.exit(f"train.py: --demo_mix={cfg.demo_mix!r} needs {len(roles.DEMO_KINDS)} weights "
                  f">= 0, not all 0, for {','.join(roles.DEMO_KINDS)}")

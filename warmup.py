@@ -26,27 +26,27 @@ import update
 
 
 def demo_settings(cfg):
-    """(levels, weight of each of roles.DEMO_KINDS) from --demo_levels and --demo_mix."""
-    return ([int(x) for x in cfg.demo_levels.split(",")],
-            [float(x) for x in cfg.demo_mix.split(",")])
+    """({role: the levels of its demonstrations}, weight of each of roles.DEMO_KINDS) from
+    --demo_levels, --judge_levels (judge and pose), --revise_levels and --demo_mix."""
+    def read(levels):
+        return [int(x) for x in (levels or cfg.demo_levels).split(",")]
+    levels = {kind: read(cfg.demo_levels) for kind in roles.DEMO_KINDS}
+    levels.update(judge=read(cfg.judge_levels), pose=read(cfg.judge_levels),
+                  revise=read(cfg.revise_levels))
+    return levels, [float(x) for x in cfg.demo_mix.split(",")]
 
 
-def judge_levels(cfg):
-    """Levels of the judge and pose demonstrations after the judge-only phase (--judge_levels,
-    else --demo_levels)."""
-    return [int(x) for x in (cfg.judge_levels or cfg.demo_levels).split(",")]
-
-
-def demonstration(rng, tok, cfg, levels, mix, judged):
-    """NLL samples of one demonstration of a random role on a task of one of `levels` (1-2 by
-    default; corpus text for language modelling), or for the judge and the poser one of
-    `judged`: neither role solves, so showing them longer problems demonstrates no solving.
-    `mix` weighs the roles by their share of samples, so a judge demonstration (a pair,
+def demonstration(rng, tok, cfg, levels, mix):
+    """NLL samples of one demonstration of a random role on a task of one of its `levels` (a
+    dict by role; corpus text for language modelling). The judge and the poser may see longer
+    problems than the solver: neither solves, so they demonstrate no solving. A reviser does,
+    helped by the critique (--revise_levels; "" keeps it on the solver's levels). `mix` weighs
+    the roles by their share of samples, so a judge demonstration (a pair,
     roles.demonstrations) is drawn at half its weight."""
     family = rng.choice(cfg.families.split(","))
     kind = rng.choices(roles.DEMO_KINDS, [w / 2 if k == "judge" else w
                                           for k, w in zip(roles.DEMO_KINDS, mix)])[0]
-    level = rng.choice(judged if kind in ("judge", "pose") else levels)
+    level = rng.choice(levels[kind])  # drawn for text too: one stream of draws for any mix
     if kind == "text":
         return [update.nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)]
     return [update.nll_sample(tok, kind, prompt, completion, cfg)
@@ -72,22 +72,23 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
     """One NLL step on demonstrations. Judging is learned late and abruptly, and not at all
     when mixed with the other roles from the start (tests/bench_judge.py), so the first
     `judge_first` steps show judge demonstrations of `demo_levels` only, and that phase ends
-    early once `verdict_check` passes; the judge and the poser see `judge_levels` after it."""
+    early once `verdict_check` passes; the judge and the poser see `judge_levels` after it, the
+    reviser `revise_levels`."""
     rng, _ = update.step_randomness(cfg, step, rank)
     levels, mix = demo_settings(cfg)
     judge_phase = step < cfg.judge_first and "judge_learned" not in state
-    if judge_phase:
+    if judge_phase:  # judge pairs of the solver's levels only
         mix = [float(kind == "judge") for kind in roles.DEMO_KINDS]
-    judged = levels if judge_phase else judge_levels(cfg)
+        levels = dict(levels, judge=levels["solve"])
     samples, size = [], max(1, M.share(cfg.batch))
     while len(samples) < size:
-        drawn = demonstration(rng, tok, cfg, levels, mix, judged)
+        drawn = demonstration(rng, tok, cfg, levels, mix)
         # a pair that does not fit gives one of its halves, either: always the first (the
         # reference solution) would show the judge more accepts than rejects
         samples += drawn if len(samples) + len(drawn) <= size else [rng.choice(drawn)]
     metrics = update.train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
     if cfg.judge_first and (step + 1) % CHECK_EVERY == 0:  # logged after the phase too
-        metrics["verdict_check"] = verdict_check(policy, tok, cfg, levels)
+        metrics["verdict_check"] = verdict_check(policy, tok, cfg, levels["solve"])
         if judge_phase and metrics["verdict_check"] >= cfg.judge_pass:
             state["judge_learned"] = step + 1
     return metrics, []

@@ -205,6 +205,21 @@ def test_check_accepts_surface_forms_and_rejects_other_answers():
             assert not tasks.check(t, tasks.corrupt(t, random.Random(1))[0].split(": ")[-1])
 
 
+@pytest.mark.parametrize("family", tasks.FAMILIES)
+def test_faithful_needs_every_step_not_only_the_answer(family):
+    for t in draws(family, 3, 30):
+        reference = tasks.solve(t)
+        assert tasks.faithful(t, reference)
+        assert tasks.faithful(t, "\n" + reference.upper().replace("=", " = ") + "\n")
+        # the answer copied from a critique's `want` under a wrong step: right, not faithful
+        lines = reference.splitlines()
+        copied = "\n".join([lines[0] + "1", *lines[1:]])
+        assert tasks.check(t, tasks.answer_of(copied)) and not tasks.faithful(t, copied)
+        assert not tasks.faithful(t, "\n".join(reference.splitlines()[1:]))  # a step left out
+    loaded = tasks.Task("jsonl", 0, "2+2?", "4")  # no known steps: the answer decides
+    assert tasks.faithful(loaded, "I think\nAnswer: 4") and not tasks.faithful(loaded, "Answer: 5")
+
+
 def test_train_and_eval_never_share_a_problem_up_to_order():
     """The split hashes the canonical form: a held-out problem with its rules in another order
     is still held out, and no problem occurs in both splits."""

@@ -44,8 +44,8 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
                         checked.append(levels) or next(checks))
     real = warmup.demonstration
     monkeypatch.setattr(warmup, "demonstration",
-                        lambda rng, tok, cfg, levels, mix, judged:
-                        draws.append((mix, judged)) or real(rng, tok, cfg, levels, mix, judged))
+                        lambda rng, tok, cfg, levels, mix:
+                        draws.append((mix, levels["judge"])) or real(rng, tok, cfg, levels, mix))
     state = {}
     logged = [warmup.warmup_step(policy, optimizer, tok, cfg, step, 0, state)[0]
               for step in range(6)]
@@ -66,7 +66,7 @@ def test_demo_mix_weighs_roles_by_their_share_of_samples(tiny):
     cfg = train.parse_args(["--demo_mix=1,1,0,0,0"])
     rng, (levels, mix) = random.Random(0), warmup.demo_settings(cfg)
     samples = [s for _ in range(600)
-               for s in warmup.demonstration(rng, tok, cfg, levels, mix, levels)]
+               for s in warmup.demonstration(rng, tok, cfg, levels, mix)]
     share = sum(s.role == "judge" for s in samples) / len(samples)
     assert abs(share - 0.5) < 0.07  # 3 sd: judge draws ~ Bin(600, 1/3), 2 samples each
 
@@ -82,19 +82,22 @@ def test_a_batch_of_one_still_shows_the_judge_both_verdicts(tiny, monkeypatch):
     assert len(shown) == 20 and set(verdicts) == {True, False}
 
 
-def test_judge_and_pose_demonstrations_take_their_own_levels(tiny, monkeypatch):
+@pytest.mark.parametrize("revise_levels, revised", [("", {1}), ("2,3", {2, 3})])
+def test_judge_pose_and_revise_demonstrations_take_their_own_levels(tiny, monkeypatch,
+                                                                      revise_levels, revised):
     _, tok = M.load(tiny)
     shown, real = [], roles.demonstrations
     monkeypatch.setattr(roles, "demonstrations", lambda rng, family, level, kind:
                         shown.append((kind, level)) or real(rng, family, level, kind))
-    cfg = train.parse_args(["--demo_levels=1", "--judge_levels=4,5"])
+    cfg = train.parse_args(["--demo_levels=1", "--judge_levels=4,5",
+                            f"--revise_levels={revise_levels}"])
     rng, (levels, mix) = random.Random(0), warmup.demo_settings(cfg)
-    for _ in range(200):
-        warmup.demonstration(rng, tok, cfg, levels, mix, warmup.judge_levels(cfg))
+    for _ in range(300):
+        warmup.demonstration(rng, tok, cfg, levels, mix)
     by_kind = {}
     for kind, level in shown:
         by_kind.setdefault(kind, set()).add(level)
-    assert by_kind["solve"] == by_kind["revise"] == {1}
+    assert by_kind["solve"] == {1} and by_kind["revise"] == revised
     assert by_kind["judge"] == by_kind["pose"] == {4, 5}
 
 
