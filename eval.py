@@ -20,7 +20,10 @@ Item i gives x_i in [0, 1]; over n items p = (1/n) sum_i x_i, se = sqrt(sum_i (x
   self-correction  on n_judge items the model judges its greedy s (with the reference answer)
                    and, unless its verdict is "correct", revises s given its critique:
                    wrong_to_right = #(s wrong, final right) / n, right_to_wrong likewise, `net` =
-                   after - before accuracy; `verdict_agreement`: its verdict vs tasks.check
+                   after - before accuracy; `wrong_to_right_faithful` counts only revisions
+                   that are the reference chain (tasks.faithful: the critique names the
+                   reference answer, which a revision can copy under wrong steps);
+                   `verdict_agreement`: its verdict vs tasks.check
   posing           n_pose pose prompts at T: validity = share parse_pose reads and tasks.validate
                    accepts (contract `pose_validity`), distinct valid / valid, greedy solve_rate
 With `data=FILE` (JSONL {"question", "answer"}) accuracy and self-correction use its items; judge
@@ -197,13 +200,15 @@ def self_correction_metrics(generate_fn, items, solutions, before):
     redo = [i for i, v in enumerate(verdicts) if v is not True]
     revisions = generate_fn([roles.revise_prompt(items[i].prompt, solutions[i], critiques[i])
                              for i in redo], 0.0) if redo else []
-    after = list(before)
+    after, chained = list(before), 0  # chained: wrong -> the reference chain, step for step
     for i, text in zip(redo, revisions):
         after[i] = score(items[i], text)
+        chained += not before[i] and tasks.faithful(items[i], text)
     n, wrong = len(items), sum(1 for b in before if not b)
     w2r = sum(1 for b, a in zip(before, after) if not b and a)
     r2w = sum(1 for b, a in zip(before, after) if b and not a)
     return {"wrong_to_right": w2r / n, "right_to_wrong": r2w / n, "net": (w2r - r2w) / n,
+            "wrong_to_right_faithful": chained / n,
             "n": n, "count_wrong_to_right": w2r, "count_right_to_wrong": r2w,
             "wrong_to_right_given_wrong": w2r / wrong if wrong else None,
             "right_to_wrong_given_right": r2w / (n - wrong) if n > wrong else None,
@@ -333,6 +338,8 @@ def comparison_table(reports):
              ("self-correction net", lambda r: (r["self_correction"] or {}).get("net_change")),
              ("pose validity", lambda r: (r["pose"] or {}).get("validity", {}).get("overall")),
              ("self-correction wrong->right", lambda r: r["self_correction"].get("wrong_to_right")),
+             ("... of which the whole chain is right",
+              lambda r: r["self_correction"].get("wrong_to_right_faithful")),
              ("self-correction right->wrong", lambda r: r["self_correction"].get("right_to_wrong"))]
     out = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for label, get in rows:

@@ -67,7 +67,10 @@ def double(known, solve="right", judge="critic", revise="right", pose="valid", c
                 return tasks.critique(known[s["problem"]], s["solution"])
             return f"Looks fine.\nVerdict: {judge}"
         if role == "revise":
-            return answer(known[s["problem"]], revise == "right")
+            task = known[s["problem"]]
+            # "copied": the critique's reference answer under a step that does not reach it
+            return f"I guess.\nAnswer: {task.answer}" if revise == "copied" else \
+                answer(task, revise == "right")
         family, level = s["pose"].split()
         if pose != "valid":
             return "  "  # nothing a parser can read
@@ -191,6 +194,10 @@ def test_self_correction_counts_on_a_script():
     assert s["net"] == pytest.approx(s["after"]["mean"] - s["before"]["mean"])
     assert s["net_change"]["mean"] == pytest.approx(s["net"]) and s["net_change"]["n"] == 20
     assert calls.count("revise") == 20
+    assert s["wrong_to_right_faithful"] == s["wrong_to_right"]
+    copied = ev.evaluate(double(known, solve=solver, judge="incorrect", revise="copied"),
+                         **SMALL)["self_correction"]
+    assert copied["wrong_to_right"] == (20 - right) / 20 and copied["wrong_to_right_faithful"] == 0
 
     broken = ev.evaluate(double(known, solve=solver, judge="incorrect", revise="wrong"), **SMALL)
     s = broken["self_correction"]
