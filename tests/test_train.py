@@ -123,11 +123,11 @@ def test_clip_fraction_counts_tokens_outside_the_trust_region(tiny):
     assert two["clip_frac"] == pytest.approx(expected.double().mean().item())
 
 
-def scripted_roles(tok, known_tasks=None):
+def scripted_roles(tok, known_tasks=None, copies=False):
     """A test double for the sampler: poses distinct valid instances, solves right and wrong in
     turn (wrong = corrupted until the final answer is wrong), judges with the programmatic
-    critic, revises correctly. It knows a problem's task from its own posing or from
-    `known_tasks`."""
+    critic, revises correctly (`copies`: the right answer under a wrong first step). It knows a
+    problem's task from its own posing or from `known_tasks`."""
     task_of = {} if known_tasks is None else known_tasks
     rng, critique_of, solved = random.Random(0), {}, [0]
 
@@ -160,7 +160,8 @@ def scripted_roles(tok, known_tasks=None):
                 text, _ = tasks.corrupt(task, rng)  # until the final answer is wrong too
             solved[0] += 1
             return shown_to_judge(task, text)
-        return shown_to_judge(task, tasks.solve(task))
+        first, rest = tasks.solve(task).split("\n", 1)
+        return shown_to_judge(task, f"{first}1\n{rest}" if copies else f"{first}\n{rest}")
 
     def sample_texts(policy, tok_, prompts, cfg, gen):
         out = []
@@ -208,6 +209,20 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     assert [(x["correct"], x["verdict"], x["revision_gain"]) for x in rollout["solutions"]] == \
         [(True, True, None), (False, False, 1)] * 2
     assert all((x["revision"] is None) == x["correct"] for x in rollout["solutions"])
+
+
+def test_a_revision_that_copies_the_answer_under_wrong_steps_earns_nothing(tiny, monkeypatch):
+    """The critique names the reference answer; only a revision whose whole chain is right
+    (tasks.faithful) gains, and only such a one joins the solve group."""
+    policy, tok = M.load(tiny)
+    monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok, copies=True))
+    cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
+                            "--solutions=4"])
+    samples, stats, _, _ = selfplay.alive_rollouts(policy, tok, cfg, [("deduction", 2),
+                                                                      ("induction", 2)],
+                                                   random.Random(0), None, step=0)
+    assert stats["reward/revise"] == [0.0] * 8 and stats["corrected"] == [0.0] * 16
+    assert not any(s.role in ("corrected", "revise") for s in samples)  # one tied group each
 
 
 def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monkeypatch):
@@ -341,6 +356,7 @@ def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(tiny, tmp_path)
     (["--nope=1"], "valid keys"),
     (["--steps=many"], "not a valid int"),
     (["--demo_levels=1,7"], "levels are (1, 2, 3, 4, 5)"),
+    (["--revise_levels=0"], "levels are (1, 2, 3, 4, 5)"),
     (["--demo_mix=1,2"], "needs 5 weights"),
     (["--stage=alive", "--model=/no/such/dir"], "not a model directory"),
 ])
