@@ -6,7 +6,8 @@
        poser    r = 1 - p_hat if p_hat > 0, 0 if p_hat = 0; -1 if invalid or a duplicate
        solver   r = (1 - alpha) [v = correct] + alpha y      (alpha: 1 -> alpha_floor)
        judge    r = [v = y] + g of the revision written from its critique (an audit: [v = y])
-       reviser  r = g = y(revision) - y(original)             (alignment via refinement)
+       reviser  r = g = y(revision) - y(original)             (alignment via refinement;
+                in self-play y(revision) checks the whole chain, tasks.faithful)
        self-correction: a revision with g = 1 also joins its posing's solutions, in the solve
                 prompt, with r = 1: the solver learns what the critique taught the reviser (and
                 a group of only wrong solutions, which would be dropped, now pushes them down)
