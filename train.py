@@ -1,6 +1,6 @@
 """train.py: every stage of the pipeline wired together, single process or `torchrun` (FSDP2).
 
-    python train.py                          # tiny default into runs/tiny (2-core CPU, ~9 min)
+    python train.py                          # tiny default into runs/tiny (2-core CPU, ~10 min)
     python train.py --stage=alive --model=DIR --out=DIR [--steps=N --seed=N --resume ...]
     torchrun --nproc_per_node=8 train.py --stage=alive --model=/path/to/8B --out=runs/8b \
         --rl_lr=1e-6
