@@ -1,7 +1,8 @@
 """warmup.py: the warm-up stage, NLL on demonstrations of every role before any self-play.
 
 Each step draws `batch` samples: a role by --demo_mix (solve, judge, revise, pose, raw text),
-a family, a level of --demo_levels, and the programmatic teacher's demonstration of that role
+a family, a level of that role's levels (--demo_levels; --judge_levels for the judge and the
+poser, --revise_levels for the reviser), and the programmatic teacher's demonstration of that role
 (roles.demonstrations; a judge demonstration is a pair, the same task with its reference
 solution and with one slip). The loss is the completion tokens' mean negative log-likelihood,
 L = -(1/T) sum_t log pi(y_t | prompt, y_<t), one optimizer step per batch (update.train_on).
@@ -30,9 +31,9 @@ def demo_settings(cfg):
     --demo_levels, --judge_levels (judge and pose), --revise_levels and --demo_mix."""
     def read(levels):
         return [int(x) for x in (levels or cfg.demo_levels).split(",")]
-    levels = {kind: read(cfg.demo_levels) for kind in roles.DEMO_KINDS}
-    levels.update(judge=read(cfg.judge_levels), pose=read(cfg.judge_levels),
-                  revise=read(cfg.revise_levels))
+    solved, judged = read(cfg.demo_levels), read(cfg.judge_levels)
+    levels = dict.fromkeys(roles.DEMO_KINDS, solved)
+    levels.update(judge=judged, pose=judged, revise=read(cfg.revise_levels))
     return levels, [float(x) for x in cfg.demo_mix.split(",")]
 
 
