@@ -116,7 +116,7 @@ def near_duplicate(texts, threshold=0.8, n=3):
 def duplicate_posings(problems, cells, threshold=0.8):
     """Mark valid posings (problem text; None if invalid) that repeat an earlier one: exactly, or
     nearly within its cell (family and level). The lines every posing of a cell shares (its
-    template, `Find the term 2 after the last.`) are left out of the near comparison, or all
+    template, `Which cause explains it?`) are left out of the near comparison, or all
     instances of a cell would look alike; across cells templates differ, and a short problem
     under a long shared line would look like another."""
     members = {}  # cell -> indices of its valid posings

@@ -74,7 +74,7 @@ _HASHES = ("#", "\ufe5f", "\uff03")  # every character whose NFKD form holds a `
 # and every character costs it compute, so hints are off by default.
 HINTS = {
     "pose": "Write the parameter line of a new problem of the family named after #pose, e.g. "
-            "'start 4 add 3' (induction), 'start 1 rules -> ^' (deduction), 'causes 3' "
+            "'start 4 add 3 show 3' (induction), 'start 1 rules -> ^' (deduction), 'causes 3' "
             "(abduction), 'mask 2' (corpus: which number of the document). Nothing else.",
     "solve": "Solve the problem: one short step per line, then a last line 'Answer: <answer>'.",
     "judge": "Write 'Got <the solution's answer>, want <the reference answer>.', then if they "

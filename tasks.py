@@ -8,8 +8,15 @@ up to 99 a tiny model solved levels 1-2 about half as often (a solve-only probe 
 tests/bench_judge.py, in git history before the README's tables were remeasured).
 
 Families (L = level):
-  induction  a sequence made by adding fixed steps (one, or two in turn); find the term L places
-             after the last. Steps: the moves between the first terms (`4+3=7`), then L more.
+  induction  3-6 terms of a sequence made by adding fixed steps (one, or two in turn); find the
+             term L places after the last (asked as places after the first). Steps: the moves
+             between the terms shown, then L more, each line counting down the terms left:
+             `4+3=7 (3 left)`. A step moves as the step two lines up did and counts one less
+             than the line above, so its inputs sit at the same distance at every level; the
+             count, started from the question's number, says when to stop. Trained on levels
+             1-2 only, solving alone, the tiny model then solves level 3 wherever it has
+             counted down from the question's number before (README, "How the tiny world
+             became learnable"); written without the count it stopped after two new terms.
   deduction  one fact and L + 1 rules (->, |, ^, <->, with negations), each forcing the next
              variable from the one before, listed in that order; find all (1 = true, 0 =
              false). Steps: the fact, then one per rule. Answer: `c=1,a=0,b=1` (in that order).
@@ -24,8 +31,9 @@ Families (L = level):
              `[?]`, which the rest determines. Steps: L folds of the count.
 
 Posing: a level-free parameter line, expanded at the level asked and checked by `validate`:
-`start 4 add 3 sub 2`, `start 1 rules -> ^` (the fact, then the operators), `causes 3`, `mask 2`
-(the 2nd number of the given document). Names and order come from a generator seeded by it.
+`start 4 add 3 sub 2 show 4`, `start 1 rules -> ^` (the fact, then the operators), `causes 3`,
+`mask 2` (the 2nd number of the given document). Names and order come from a generator seeded
+by it.
 
 Formats (roles.py parses them): a solution is one step per line, then `Answer: <answer>`; a
 critique is `Got <answer>, want <reference>.`, then if they differ `Step k is wrong: <fix>.`,
@@ -46,6 +54,7 @@ EVAL_EVERY = 5  # one problem in EVAL_EVERY (by hash of its canonical form) is h
 LIMIT = 29  # every number in a problem or a step lies in 0..LIMIT
 STEP = 5  # every step adds or subtracts 1..STEP
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SHOWN = (3, 6)  # induction shows 3..6 terms
 
 
 @dataclass(frozen=True)
@@ -84,47 +93,56 @@ def _in_range(steps):
 
 
 # ----------------------------------------------------------------------------- induction
-def _ind_solve(level, start, diffs, slip=None):
-    shown = len(diffs) + 2
+def _ind_solve(level, start, diffs, shown, slip=None):
+    """Terms shown, steps and answer. Every step moves by the step two lines up (the rule has
+    period 1 or 2) and counts down the terms left to the one asked, so a longer problem is more
+    lines of the same kind and the last line says `(0 left)`."""
     terms = [start + sum(diffs[j % len(diffs)] for j in range(i)) for i in range(shown)]
-    steps, seen = [], []
-    for k, (a, b) in enumerate(zip(terms, terms[1:len(diffs) + 1]), 1):
+    steps, moves = [], []
+    for k, (a, b) in enumerate(zip(terms, terms[1:]), 1):
         m = abs(b - a) + (slip[1] if slip and slip[0] == k else 0)  # the step's size
         steps.append(f"{a}+{m}={b}" if b >= a else f"{a}-{m}={b}")  # the move from a to b
-        seen.append(m if b >= a else -m)
-    tail, last = _fold(terms[-1], [seen[(shown - 1 + j) % len(diffs)] for j in range(level)],
-                       slip, first=len(diffs) + 1)
-    return terms, steps + tail, last
+        moves.append(m if b >= a else -m)
+    for _ in range(level):
+        moves.append(moves[-2])
+    tail, last = _fold(terms[-1], moves[len(steps):], slip, first=len(steps) + 1)
+    steps += tail
+    return terms, [f"{s} ({len(steps) - k} left)" for k, s in enumerate(steps, 1)], last
 
 
 def _induction(level, params, rng=None):
-    start, diffs = params
+    start, diffs, shown = params
     if not 0 <= start <= LIMIT or not all(1 <= abs(d) <= STEP for d in diffs) or \
             len(diffs) not in (1, 2) or (len(diffs) == 2 and diffs[0] == diffs[1]):
         return f"start in 0..{LIMIT} and one or two different steps of 1..{STEP} (add or sub)"
-    terms, steps, answer = _ind_solve(level, start, diffs)
-    if not _in_range(steps) or min(terms) < 0:
+    if not SHOWN[0] <= shown <= SHOWN[1]:
+        return f"show {SHOWN[0]} to {SHOWN[1]} terms"
+    terms, steps, answer = _ind_solve(level, start, diffs, shown)
+    if not _in_range([s.split(" (")[0] for s in steps]) or min(terms) < 0:
         return f"the sequence leaves 0..{LIMIT} within {level} more terms"
-    prompt = f"Sequence: {', '.join(map(str, terms))}\nFind the term {level} after the last."
+    prompt = (f"Sequence: {', '.join(map(str, terms))}\n"
+              f"Find the term {shown - 1 + level} places after the first.")
     return Task("induction", level, prompt, str(answer), tuple(steps), params, prompt)
 
 
 def _ind_params(level, rng):
     diffs = tuple(rng.choice((-1, 1)) * rng.randint(1, STEP) for _ in range(rng.choice((1, 2))))
-    return rng.randint(0, LIMIT), diffs
+    return rng.randint(0, LIMIT), diffs, rng.randint(*SHOWN)
 
 
 def _ind_pose(params):
-    start, diffs = params
-    return f"start {start} " + " ".join(f"{'add' if d > 0 else 'sub'} {abs(d)}" for d in diffs)
+    start, diffs, shown = params
+    return f"start {start} " + " ".join(f"{'add' if d > 0 else 'sub'} {abs(d)}" for d in diffs) \
+        + f" show {shown}"
 
 
 def _ind_read(text):
-    m = re.fullmatch(r"start (\d+)((?: (?:add|sub) \d+){1,2})", text)
+    m = re.fullmatch(r"start (\d+)((?: (?:add|sub) \d+){1,2}) show (\d+)", text)
     if not m:
-        raise ValueError("write: start N add D [sub D]")
+        raise ValueError("write: start N add D [sub D] show T")
     moves = re.findall(r"(add|sub) (\d+)", m.group(2))
-    return int(m.group(1)), tuple(int(d) * (1 if op == "add" else -1) for op, d in moves)
+    return (int(m.group(1)), tuple(int(d) * (1 if op == "add" else -1) for op, d in moves),
+            int(m.group(3)))
 
 
 # ----------------------------------------------------------------------------- deduction
@@ -372,8 +390,10 @@ def critique(task, solution_text):
     k = next((i for i, (a, b) in enumerate(zip(lines, reference)) if _norm(a) != _norm(b)),
              min(len(lines), len(reference) - 1))
     lhs, _, written = _norm(lines[k] if k < len(lines) else "").partition("=")
-    same = k < len(task.steps) and lhs and lhs == _norm(reference[k]).partition("=")[0]
-    fix = f"{reference[k]}, not {written}" if same and re.fullmatch(r"\d+[-+]\d+", lhs) else \
+    want_lhs, _, want = _norm(reference[k]).partition("=")
+    written, want = written.split("(")[0], want.split("(")[0]  # an induction step's count
+    slip = k < len(task.steps) and lhs == want_lhs and written != want
+    fix = f"{reference[k]}, not {written}" if slip and re.fullmatch(r"\d+[-+]\d+", lhs) else \
         f"it should be {reference[k]}"
     return f"{head}\nStep {k + 1} is wrong: {fix}.\nVerdict: incorrect"
 
@@ -386,8 +406,9 @@ def corrupt(task, rng):
         return "\n".join([*task.steps, f"Answer: {_wrong_answer(task, rng)}"]), k
     for error in rng.sample((-2, -1, 1, 2), 4):
         steps, answer = _slipped(task, (k, error))
-        if _in_range(steps) and str(answer) != task.answer and int(
-                re.sub(r"\D", "", str(answer)) or 0) >= 0 and "=0" not in steps[k - 1][-2:]:
+        to_zero = re.search(r"=0( \(|$)", steps[k - 1])  # the slipped value (before a count)
+        if _in_range(steps) and str(answer) != task.answer and not to_zero and int(
+                re.sub(r"\D", "", str(answer)) or 0) >= 0:
             return "\n".join([*steps, f"Answer: {answer}"]), k
     return corrupt(task, rng)  # no slip of this step stays in range: another step
 

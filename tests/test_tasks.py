@@ -142,10 +142,26 @@ def test_every_step_is_one_small_move_in_range():
     for family in ("induction", "corpus"):
         for level in tasks.LEVELS:
             for t in draws(family, level, 30):
-                for step in t.steps:
-                    a, op, d, c = re.fullmatch(r"(\d+)([-+])(\d+)=(\d+)", step).groups()
+                for k, step in enumerate(t.steps, 1):
+                    a, op, d, c, left = re.fullmatch(r"(\d+)([-+])(\d+)=(\d+)(?: \((\d+) left\))?",
+                                                     step).groups()
                     assert int(c) == (int(a) + int(d) if op == "+" else int(a) - int(d))
                     assert max(map(int, (a, d, c))) <= tasks.LIMIT
+                    # induction counts down the steps left: one less each line, 0 on the last
+                    assert left is None if family == "corpus" else int(left) == len(t.steps) - k
+
+
+def test_induction_steps_repeat_the_move_two_lines_up():
+    """Past the terms shown, a step adds what the step two lines up added: the same rule at
+    every level, so level L+1 is level L with one more line of the same kind."""
+    for level in tasks.LEVELS:
+        for t in draws("induction", level, 30):
+            shown = t.prompt.split("\n")[0].count(",") + 1
+            moves = [int(d) if op == "+" else -int(d)
+                     for op, d in (re.match(r"\d+([-+])(\d+)", s).groups() for s in t.steps)]
+            assert len(moves) == shown - 1 + level
+            assert all(moves[i] == moves[i - 2] for i in range(shown - 1, len(moves)))
+            assert f"term {shown - 1 + level} places after the first" in t.prompt
 
 
 # ----------------------------------------------------------------------------- the critic
@@ -168,12 +184,15 @@ def test_critic_accepts_references_and_names_the_slipped_step(family):
 
 
 def test_critic_says_what_a_slipped_sum_should_be():
-    t = tasks.validate("induction", "start 4 add 3", 2)
-    assert tasks.solve(t) == "4+3=7\n10+3=13\n13+3=16\nAnswer: 16"
-    wrong = "4+3=7\n10+3=14\n14+3=17\nAnswer: 17"
-    assert tasks.critique(t, wrong) == ("Got 17, want 16.\nStep 2 is wrong: 10+3=13, not 14.\n"
-                                        "Verdict: incorrect")
-    skipped = "4+3=7\n13+3=16\nAnswer: 16"  # right answer, a step missing: the verdict is right
+    t = tasks.validate("induction", "start 4 add 3 show 3", 2)
+    assert tasks.solve(t) == "4+3=7 (3 left)\n7+3=10 (2 left)\n10+3=13 (1 left)\n" \
+                             "13+3=16 (0 left)\nAnswer: 16"
+    wrong = "4+3=7 (3 left)\n7+3=10 (2 left)\n10+3=14 (1 left)\n14+3=17 (0 left)\nAnswer: 17"
+    assert tasks.critique(t, wrong) == ("Got 17, want 16.\nStep 3 is wrong: 10+3=13 (1 left), "
+                                        "not 14.\nVerdict: incorrect")
+    miscounted = wrong.replace("10+3=14 (1 left)", "10+3=13 (3 left)")  # the count, not the sum
+    assert "Step 3 is wrong: it should be 10+3=13 (1 left)." in tasks.critique(t, miscounted)
+    skipped = "4+3=7 (3 left)\n13+3=16 (0 left)\nAnswer: 16"  # right answer, a step missing
     assert tasks.critique(t, skipped).endswith("Verdict: correct")
 
 
@@ -293,8 +312,9 @@ def test_the_induction_cells_hold_thousands_of_problems():
     rules = [(d,) for d in sizes] + [p for p in itertools.product(sizes, sizes) if p[0] != p[1]]
     for level in tasks.LEVELS:
         valid = [t for start in range(tasks.LIMIT + 1) for diffs in rules
+                 for shown in range(tasks.SHOWN[0], tasks.SHOWN[1] + 1)
                  for t in [tasks.validate("induction", tasks.pose_text(
-                     tasks.Task("induction", level, "", "", data=(start, diffs))), level)]
+                     tasks.Task("induction", level, "", "", data=(start, diffs, shown))), level)]
                  if isinstance(t, tasks.Task)]
         train = sum(tasks.split_of(t) == "train" for t in valid)
         assert train >= 1000, (level, train)
@@ -322,11 +342,13 @@ def test_validate_round_trips_the_parameters(family):
 
 
 def test_validate_rejects_invalid_posings_with_a_reason():
-    assert f"leaves 0..{tasks.LIMIT}" in tasks.validate("induction", "start 27 add 2", 2)
-    assert "different steps" in tasks.validate("induction", "start 5 add 3 add 3", 2)
-    assert "different steps" in tasks.validate("induction", "start 5 add 9", 1)
-    assert "write: start" in tasks.validate("induction", "begin 5 add 1", 1)
-    assert tasks.validate("induction", "start 9  sub 2", 1).answer == "3"
+    assert f"leaves 0..{tasks.LIMIT}" in tasks.validate("induction", "start 23 add 2 show 3", 2)
+    assert "different steps" in tasks.validate("induction", "start 5 add 3 add 3 show 3", 2)
+    assert "different steps" in tasks.validate("induction", "start 5 add 9 show 3", 1)
+    assert "show 3 to 6 terms" in tasks.validate("induction", "start 5 add 1 show 7", 1)
+    assert "write: start" in tasks.validate("induction", "begin 5 add 1 show 3", 1)
+    assert "write: start" in tasks.validate("induction", "start 5 add 1", 1)  # show is needed
+    assert tasks.validate("induction", "start 9  sub 2  show 3", 1).answer == "3"
     assert "forces nothing after a variable that is 0" in tasks.validate(
         "deduction", "start 0 rules ->", 1)
     assert tasks.validate("deduction", "start 0 rules ^", 1).answer.count("=") == 3
