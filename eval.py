@@ -22,7 +22,7 @@ Item i gives x_i in [0, 1]; over n items p = (1/n) sum_i x_i, se = sqrt(sum_i (x
                    wrong_to_right = #(s wrong, final right) / n, right_to_wrong likewise, `net` =
                    after - before accuracy; `wrong_to_right_faithful` counts only revisions
                    that are the reference chain (tasks.faithful: a right answer under
-                   wrong steps is a copy of the critique's reference or a guess);
+                   wrong steps is a guess or a copy, not a correction);
                    `verdict_agreement`: its verdict vs tasks.check
   posing           n_pose pose prompts at T: validity = share parse_pose reads and tasks.validate
                    accepts (contract `pose_validity`), distinct valid / valid, greedy solve_rate

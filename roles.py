@@ -14,6 +14,7 @@ exactly where the model's output begins, on its role's marker):
                                                                  -> a critique
     revise  "#problem\n<problem>\n#solution\n<solution>\n#critique\n<critique>\n#revise\n"
                                                                  -> a new solution
+            (the critique without the reference answer: `without_reference`)
 
 Output formats:
 
@@ -107,7 +108,18 @@ def judge_prompt(problem, reference, solution):
 
 def revise_prompt(problem, solution, critique):
     return (f"#problem\n{_block(problem)}#solution\n{_block(solution)}"
-            f"#critique\n{_block(critique)}#revise\n")
+            f"#critique\n{_block(without_reference(critique))}#revise\n")
+
+
+_WANT = re.compile(r", want [^\n]*")
+
+
+def without_reference(critique):
+    """The critique as the reviser reads it: `Got 24, want 25.` becomes `Got 24.`. The judge
+    needs the reference to decide; a reviser shown it copied it into its Answer line under steps
+    that do not reach it (README, "The method in one step"), so it must redo the chain from the
+    step the critique names."""
+    return _WANT.sub(".", critique, count=1) if isinstance(critique, str) else critique
 
 
 def _block(text):

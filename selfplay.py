@@ -6,8 +6,8 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
   2. solve: `solutions` samples per valid problem;
   3. judge: each solution critiqued in words, the reference answer in view, its verdict parsed;
   4. revise: each solution the judge did not accept, conditioned on the critique; a revision
-     counts as right only when its whole chain is (tasks.faithful): the critique names the
-     reference answer, and an answer copied from it under wrong steps must not teach the solver;
+     counts as right only when its whole chain is (tasks.faithful): an answer right under wrong
+     steps (a guess, or a copy when the reviser saw the reference) must not teach the solver;
   5. learn: refine.self_play_samples turns the record into rewards per role, group advantages
      A = (r - mean r) / std r and token credit; with `judge_anchor` teacher judge pairs
      (NLL) beside them, update.train_on takes one clipped PG step.

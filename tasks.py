@@ -364,10 +364,10 @@ ANSWER_LINE = re.compile(r"[ \t]*answer[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
 
 def faithful(task, text):
     """Is `text` the reference worked solution line for line (up to spacing and case), so its
-    right answer follows from right steps? A reviser shown `want <reference>` copies the answer
-    under steps that do not reach it, or guesses among a few causes; only the chain tells these
-    from a correction. A task without known steps (loaded from JSONL) is judged by its
-    answer."""
+    right answer follows from right steps? A reviser shown `want <reference>` copied the answer
+    under steps that do not reach it, and one not shown it can still guess among a few causes;
+    only the chain tells these from a correction. A task without known steps (loaded from
+    JSONL) is judged by its answer."""
     if not task.steps:
         return check(task, answer_of(text))
     lines = [_norm(line) for line in str(text).splitlines() if line.strip()]

@@ -55,9 +55,22 @@ def test_prompt_formats_exactly():
     assert roles.judge_prompt("2+3?", "5", "2+3=6\nAnswer: 6") == (
         "#problem\n2+3?\n#reference\n5\n#solution\n2+3=6\n\\Answer: 6\n#judge\n")
     assert roles.revise_prompt("2+3?", "2+3=6\nAnswer: 6",
-                               "Step 1 is wrong.\nVerdict: incorrect") == (
+                               "Got 6, want 5.\nStep 1 is wrong.\nVerdict: incorrect") == (
         "#problem\n2+3?\n#solution\n2+3=6\n\\Answer: 6\n"
-        "#critique\nStep 1 is wrong.\n\\Verdict: incorrect\n#revise\n")
+        "#critique\nGot 6.\nStep 1 is wrong.\n\\Verdict: incorrect\n#revise\n")
+
+
+def test_the_reviser_never_reads_the_reference_answer():
+    rng = random.Random(0)
+    for family in tasks.FAMILIES:
+        for level in tasks.LEVELS:
+            task = tasks.sample(family, level, rng)
+            wrong = tasks.corrupt(task, rng)[0]
+            critique = tasks.critique(task, wrong)
+            shown = roles.revise_prompt(task.prompt, wrong, critique).split("#critique\n")[1]
+            assert f"want {task.answer}." in critique and "want" not in shown
+            assert shown == critique.replace(f", want {task.answer}.", ".", 1).replace(
+                "\nVerdict", "\n\\Verdict") + "\n#revise\n"
 
 
 def test_each_prompt_ends_on_its_role_marker():
