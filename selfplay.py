@@ -95,10 +95,13 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     for p, dup in zip(posed, R.duplicate_posings([p.task.prompt for p in posed],
                                                  [(p.family, p.task.level) for p in posed])):
         p.duplicate = dup
-    # A seed none of whose posings is valid is solved on an environment task of its family and
-    # level, so solver, judge and reviser keep learning while the poser learns to pose.
+    # Each seed also solves `environment` tasks the environment draws at its family and level
+    # (at least one when none of its posings is valid). The poser chooses what it can pose
+    # validly and solve sometimes; trained on posed problems alone, the solver never learned to
+    # continue induction past the demonstrated levels, on environment tasks it did (README).
     for i, (family, level) in enumerate(plan):
-        if all(p.task is None for p, seed in zip(posings, seeds) if seed == i):
+        none_valid = all(p.task is None for p, seed in zip(posings, seeds) if seed == i)
+        for _ in range(max(cfg.environment, int(none_valid))):
             posings.append(R.Posing(family, task=tasks.sample(family, level, rng, "train")))
     problems = [p for p in posings if p.task is not None]
     # 2. solve: N solutions per problem; 3. judge each in words, the reference answer in view

@@ -148,12 +148,12 @@ def scripted_roles(tok, known_tasks=None, copies=False):
             return text
         if role == "judge":  # the solutions it wrote, else an audit: the reference or a slip
             if prompt not in critique_of:
-                task = task_of[prompt.split("#problem\n", 1)[1].split("\n#", 1)[0]]
+                task = known(prompt.split("#problem\n", 1)[1].split("\n#", 1)[0])
                 reference = roles.judge_prompt(task.prompt, task.answer, tasks.solve(task))
                 return tasks.critique(task, tasks.solve(task)) if prompt == reference else \
                     "Verdict: incorrect"
             return critique_of[prompt]
-        task = task_of[prompt.split("#problem\n", 1)[1].split("\n#", 1)[0]]
+        task = known(prompt.split("#problem\n", 1)[1].split("\n#", 1)[0])
         if role == "solve":
             text = tasks.solve(task)
             while solved[0] % 2 == 1 and evaluation.score(task, text):
@@ -163,6 +163,9 @@ def scripted_roles(tok, known_tasks=None, copies=False):
         first, rest = tasks.solve(task).split("\n", 1)
         return shown_to_judge(task, f"{first}1\n{rest}" if copies else f"{first}\n{rest}")
 
+    def known(problem):  # a posing's task, else one the test saw the environment draw
+        return task_of.get(problem) or sample_texts.environment[problem]
+
     def sample_texts(policy, tok_, prompts, cfg, gen):
         out = []
         for p in prompts:
@@ -170,6 +173,7 @@ def scripted_roles(tok, known_tasks=None, copies=False):
             ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             out.append(sampling.Completion([tok.bos_token_id], ids, text, True))
         return out
+    sample_texts.environment = {}
     return sample_texts
 
 
@@ -177,7 +181,7 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     policy, tok = M.load(tiny)
     monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok))
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=4", "--posings=2",
-                            "--solutions=4"])
+                            "--solutions=4", "--environment=0"])
     plan = [("deduction", 1), ("induction", 1), ("deduction", 2), ("induction", 2)]
     samples, stats, solved, shown = selfplay.alive_rollouts(policy, tok, cfg, plan,
                                                             random.Random(0), None, step=0)
@@ -211,13 +215,43 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     assert all((x["revision"] is None) == x["correct"] for x in rollout["solutions"])
 
 
+def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
+    """--environment=E adds E environment tasks of the seed's family and level to its posings
+    (solved, judged and trained like them, never counted as posings); a seed with no valid
+    posing still gets one at E=0."""
+    policy, tok = M.load(tiny)
+    scripted, draw = scripted_roles(tok), tasks.sample
+    monkeypatch.setattr(selfplay, "sample_texts", scripted)
+
+    def recorded(*args):
+        task = draw(*args)
+        scripted.environment[task.prompt] = task
+        return task
+    monkeypatch.setattr(selfplay.tasks, "sample", recorded)
+    plan = [("deduction", 1), ("induction", 2)]
+    for environment, problems in ((0, 4), (2, 8)):
+        cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
+                                "--solutions=2", f"--environment={environment}"])
+        samples, stats, solved, _ = selfplay.alive_rollouts(policy, tok, cfg, plan,
+                                                            random.Random(0), None, step=0)
+        assert len(stats["pose_validity"]) == 4  # posings only
+        assert len(solved) == problems * 2  # every problem's solutions reach the curriculum
+        assert sorted({(f, lv) for f, lv, _ in solved}) == sorted(plan)
+    monkeypatch.setattr(selfplay.roles, "parse_pose", lambda text: None)  # every posing invalid
+    cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
+                            "--solutions=2", "--environment=0"])
+    _, stats, solved, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0), None,
+                                                  step=0)
+    assert stats["pose_validity"] == [0.0] * 4 and len(solved) == 2 * 2
+
+
 def test_a_revision_that_copies_the_answer_under_wrong_steps_earns_nothing(tiny, monkeypatch):
     """The critique names the reference answer; only a revision whose whole chain is right
     (tasks.faithful) gains, and only such a one joins the solve group."""
     policy, tok = M.load(tiny)
     monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok, copies=True))
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
-                            "--solutions=4"])
+                            "--solutions=4", "--environment=0"])
     samples, stats, _, _ = selfplay.alive_rollouts(policy, tok, cfg, [("deduction", 2),
                                                                       ("induction", 2)],
                                                    random.Random(0), None, step=0)
@@ -227,12 +261,19 @@ def test_a_revision_that_copies_the_answer_under_wrong_steps_earns_nothing(tiny,
 
 def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monkeypatch):
     policy, tok = M.load(tiny)
-    monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok))
+    scripted, draw = scripted_roles(tok), tasks.sample
+    monkeypatch.setattr(selfplay, "sample_texts", scripted)
+
+    def recorded(*args):
+        task = draw(*args)
+        scripted.environment[task.prompt] = task
+        return task
+    monkeypatch.setattr(selfplay.tasks, "sample", recorded)
     plan = [("deduction", 1), ("induction", 2)]
     rewards = {}
     for audits in (False, True):
         cfg = train.parse_args(["--families=deduction,induction", "--posings=2", "--solutions=4",
-                                f"--audits={audits}"])
+                                f"--audits={audits}", "--environment=0"])
         samples, stats, _, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
                                                        None, step=0)
         rewards[audits] = stats["reward/judge"]
