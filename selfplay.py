@@ -96,9 +96,10 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
                                                  [(p.family, p.task.level) for p in posed])):
         p.duplicate = dup
     # Each seed also solves `environment` tasks the environment draws at its family and level
-    # (at least one when none of its posings is valid). The poser chooses what it can pose
-    # validly and solve sometimes; trained on posed problems alone, the solver never learned to
-    # continue induction past the demonstrated levels, on environment tasks it did (README).
+    # (one when none of its posings is valid, so the other roles learn while the poser learns
+    # to pose). With --posings=0 --environment=2 self-play runs on environment tasks alone:
+    # there the solver learned levels past the demonstrated ones, on posed problems it did not,
+    # nor with one environment task beside two posings (README, the evidence run).
     for i, (family, level) in enumerate(plan):
         none_valid = all(p.task is None for p, seed in zip(posings, seeds) if seed == i)
         for _ in range(max(cfg.environment, int(none_valid))):
@@ -147,7 +148,8 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     # one whole rollout for samples.jsonl: the first posing, and the first problem (that
     # posing's if it was valid) with its solutions, critiques and revisions
     first = problems[0]
-    shown = [{"pose": posings[0].pose.text, "valid": posings[0].task is not None,
+    shown = [{"pose": posings[0].pose and posings[0].pose.text,  # None: no poser (posings=0)
+              "valid": posings[0].task is not None,
               "problem": first.task.prompt, "answer": first.task.answer,
               "solutions": [{"text": s.text, "correct": c, "critique": k.text, "verdict": v,
                              "revision": r and r.text, "revision_gain": g if r else None}

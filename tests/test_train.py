@@ -181,7 +181,7 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     policy, tok = M.load(tiny)
     monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok))
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=4", "--posings=2",
-                            "--solutions=4", "--environment=0"])
+                            "--solutions=4"])
     plan = [("deduction", 1), ("induction", 1), ("deduction", 2), ("induction", 2)]
     samples, stats, solved, shown = selfplay.alive_rollouts(policy, tok, cfg, plan,
                                                             random.Random(0), None, step=0)
@@ -218,7 +218,7 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
 def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
     """--environment=E adds E environment tasks of the seed's family and level to its posings
     (solved, judged and trained like them, never counted as posings); a seed with no valid
-    posing still gets one at E=0."""
+    posing still gets one at E=0; --posings=0 is self-play on environment tasks alone."""
     policy, tok = M.load(tiny)
     scripted, draw = scripted_roles(tok), tasks.sample
     monkeypatch.setattr(selfplay, "sample_texts", scripted)
@@ -229,12 +229,14 @@ def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
         return task
     monkeypatch.setattr(selfplay.tasks, "sample", recorded)
     plan = [("deduction", 1), ("induction", 2)]
-    for environment, problems in ((0, 4), (2, 8)):
-        cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
-                                "--solutions=2", f"--environment={environment}"])
+    for posings, environment, problems in ((2, 0, 4), (2, 2, 8), (0, 2, 4)):  # (0, 2): no poser
+        cfg = train.parse_args(["--families=deduction,induction", "--seeds=2",
+                                f"--posings={posings}", "--solutions=2",
+                                f"--environment={environment}"])
         samples, stats, solved, _ = selfplay.alive_rollouts(policy, tok, cfg, plan,
                                                             random.Random(0), None, step=0)
-        assert len(stats["pose_validity"]) == 4  # posings only
+        assert len(stats["pose_validity"]) == 2 * posings  # posings only
+        assert all(s.role != "pose" for s in samples) or posings
         assert len(solved) == problems * 2  # every problem's solutions reach the curriculum
         assert sorted({(f, lv) for f, lv, _ in solved}) == sorted(plan)
     monkeypatch.setattr(selfplay.roles, "parse_pose", lambda text: None)  # every posing invalid
@@ -251,7 +253,7 @@ def test_a_revision_that_copies_the_answer_under_wrong_steps_earns_nothing(tiny,
     policy, tok = M.load(tiny)
     monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok, copies=True))
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
-                            "--solutions=4", "--environment=0"])
+                            "--solutions=4"])
     samples, stats, _, _ = selfplay.alive_rollouts(policy, tok, cfg, [("deduction", 2),
                                                                       ("induction", 2)],
                                                    random.Random(0), None, step=0)
@@ -273,7 +275,7 @@ def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monke
     rewards = {}
     for audits in (False, True):
         cfg = train.parse_args(["--families=deduction,induction", "--posings=2", "--solutions=4",
-                                f"--audits={audits}", "--environment=0"])
+                                f"--audits={audits}"])
         samples, stats, _, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
                                                        None, step=0)
         rewards[audits] = stats["reward/judge"]
