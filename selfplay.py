@@ -97,9 +97,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
         p.duplicate = dup
     # Each seed also solves `environment` tasks the environment draws at its family and level
     # (one when none of its posings is valid, so the other roles learn while the poser learns
-    # to pose). With --posings=0 --environment=2 self-play runs on environment tasks alone:
-    # there the solver learned levels past the demonstrated ones, on posed problems it did not,
-    # nor with one environment task beside two posings (README, the evidence run).
+    # to pose). --posings=0 --environment=2 is self-play on environment tasks alone, no poser.
     for i, (family, level) in enumerate(plan):
         none_valid = all(p.task is None for p, seed in zip(posings, seeds) if seed == i)
         for _ in range(max(cfg.environment, int(none_valid))):
