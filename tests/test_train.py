@@ -263,14 +263,7 @@ def test_a_revision_that_copies_the_answer_under_wrong_steps_earns_nothing(tiny,
 
 def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monkeypatch):
     policy, tok = M.load(tiny)
-    scripted, draw = scripted_roles(tok), tasks.sample
-    monkeypatch.setattr(selfplay, "sample_texts", scripted)
-
-    def recorded(*args):
-        task = draw(*args)
-        scripted.environment[task.prompt] = task
-        return task
-    monkeypatch.setattr(selfplay.tasks, "sample", recorded)
+    monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok))
     plan = [("deduction", 1), ("induction", 2)]
     rewards = {}
     for audits in (False, True):
