@@ -110,7 +110,7 @@ def _induction(level, params, rng=None):
         return (f"start in 0..{LIMIT}, one or two different steps of 1..{STEP} (add or sub), "
                 f"show {SHOWN[0]} to {SHOWN[1]} terms")
     terms, steps, answer = _ind_solve(level, start, diffs, shown)
-    if not _in_range([s.split(" (")[0] for s in steps]) or min(terms) < 0:
+    if not _in_range(steps) or min(terms) < 0:  # a count (at most 10) is in range too
         return f"the sequence leaves 0..{LIMIT} within {level} more terms"
     prompt = (f"Sequence: {', '.join(map(str, terms))}\n"
               f"Find the term {shown - 1 + level} places after the first.")
