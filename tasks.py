@@ -16,10 +16,8 @@ Families (L = level):
   deduction  one fact and L + 1 rules (->, |, ^, <->, with negations), each forcing the next
              variable from the one before, listed in that order; find all (1 = true, 0 =
              false). Steps: the fact, then one per rule. Answer: `c=1,a=0,b=1` (in that order).
-             Listed in order, step k reads line k by position: trained on deduction alone the
-             tiny model solves levels 1-2 (1.00 against 0.52 and 0.46 with the rules shuffled,
-             where each step must find the rule by its content; README, "How the tiny world
-             became learnable").
+             Listed in order, step k reads line k by position (trained on deduction alone:
+             levels 1-2 1.00, against 0.52 and 0.46 with the rules shuffled; README).
   abduction  2-4 causes, each heading a chain of L rules to an effect; one effect is seen: which
              cause explains it? Chains are equally long, so counting links or reading positions
              finds nothing. Steps: the chain traced back, `v<-m` (a rule `m->v` read backwards).
@@ -28,7 +26,7 @@ Families (L = level):
 
 Posing: a level-free parameter line, expanded at the level asked and checked by `validate`:
 `start 4 add 3 sub 2 show 4`, `start 1 rules -> ^` (the fact, then the operators), `causes 3`,
-`mask 2` (the 2nd number of the document); names and order come from a generator seeded by it.
+`mask 2` (the 2nd number); the names, forms and order it leaves open: `validate`'s rng.
 
 Formats (roles.py parses them): a solution is one step per line, then `Answer: <answer>`; a
 critique is `Got <answer>, want <reference>.`, then if they differ `Step k is wrong: <fix>.`,
@@ -440,8 +438,9 @@ def pose_text(task):
     return FAMILY[task.family][2](task.data)
 
 
-def validate(family, pose_text, level, document=None, split=None):
-    """The Task a posing defines, or why not; with `split`, one of the other split is invalid."""
+def validate(family, pose_text, level, document=None, split=None, rng=None):
+    """The Task a posing defines, or why not; with `split`, one of the other split is invalid.
+    `rng` (self-play's) draws what the line leaves open; None: a generator seeded by the line."""
     if family not in FAMILIES or level not in LEVELS:
         return f"unknown family or level: {family!r}, {level!r}"
     if not isinstance(pose_text, str) or not pose_text.strip():
@@ -452,11 +451,12 @@ def validate(family, pose_text, level, document=None, split=None):
         params = read(text)
     except ValueError as e:
         return f"cannot read the {family} posing: {e}"
-    task = _corpus(level, params, doc=document) if family == "corpus" else \
-        build(level, params, random.Random(f"{family}:{level}:{text}"))
-    if split and isinstance(task, Task) and split_of(task) != split:
-        return f"a problem of the {split_of(task)} split"
-    return task
+    for _ in range(8 if rng else 1):  # an open part redrawn: the poser chose only the line
+        task = _corpus(level, params, doc=document) if family == "corpus" else \
+            build(level, params, rng or random.Random(f"{family}:{level}:{text}"))
+        if not (split and isinstance(task, Task)) or split_of(task) == split:
+            return task
+    return f"a problem of the {split_of(task)} split"
 
 
 # ----------------------------------------------------------------------------- JSONL loading

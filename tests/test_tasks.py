@@ -421,3 +421,27 @@ def test_a_posing_of_a_held_out_problem_is_invalid_in_training():
     train_task = tasks.sample("induction", 2, rng, "train")
     assert tasks.validate("induction", tasks.pose_text(train_task), 2, split="train").prompt == \
         train_task.prompt
+
+
+def test_what_a_posing_leaves_open_comes_from_the_rng():
+    """A line fixes only its parameters: with an rng the names, forms and order are drawn anew
+    (self-play's `causes 3` is a new problem each time, not one of three it could memorise);
+    without one they are seeded by the line, and the same rng state gives the same problem."""
+    for family, line in (("abduction", "causes 3"), ("deduction", "start 1 rules -> <->")):
+        rng = random.Random(0)
+        drawn = [tasks.validate(family, line, 4, rng=rng) for _ in range(200)]
+        assert all(tasks.pose_text(t) == line and t.level == 4 for t in drawn)
+        assert len({t.prompt for t in drawn}) == 200
+        assert tasks.validate(family, line, 4).prompt == tasks.validate(family, line, 4).prompt
+        assert tasks.validate(family, line, 4, rng=random.Random(7)).prompt == \
+            tasks.validate(family, line, 4, rng=random.Random(7)).prompt
+    # a draw that falls in the held-out split is redrawn: the poser chose only the line
+    refused = [(lv, line) for lv in tasks.LEVELS for line in ("causes 2", "causes 3", "causes 4")
+               if tasks.validate("abduction", line, lv, split="train") ==
+               "a problem of the eval split"]
+    assert refused and all(tasks.split_of(tasks.validate(
+        "abduction", line, lv, split="train", rng=random.Random(0))) == "train"
+        for lv, line in refused)
+    # induction's line fixes the whole problem: the rng changes nothing
+    assert tasks.validate("induction", "start 4 add 3 show 3", 2, rng=random.Random(1)) == \
+        tasks.validate("induction", "start 4 add 3 show 3", 2)

@@ -123,11 +123,12 @@ def test_clip_fraction_counts_tokens_outside_the_trust_region(tiny):
     assert two["clip_frac"] == pytest.approx(expected.double().mean().item())
 
 
-def scripted_roles(tok, known_tasks=None, copies=False):
-    """A test double for the sampler: poses distinct valid instances, solves right and wrong in
-    turn (wrong = corrupted until the final answer is wrong), judges with the programmatic
-    critic, revises correctly (`copies`: the right answer under a wrong first step). It knows a
-    problem's task from its own posing or from `known_tasks`."""
+def scripted_roles(tok, monkeypatch, known_tasks=None, copies=False):
+    """A test double for the sampler, installed in selfplay: poses distinct valid instances,
+    solves right and wrong in turn (wrong = corrupted until the final answer is wrong), judges
+    with the programmatic critic, revises correctly (`copies`: the right answer under a wrong
+    first step). It knows a problem's task from `known_tasks`, from what the environment built
+    from a posing (with the step's randomness, so not the double's own guess) or drew."""
     task_of = {} if known_tasks is None else known_tasks
     rng, critique_of, solved = random.Random(0), {}, [0]
 
@@ -163,7 +164,7 @@ def scripted_roles(tok, known_tasks=None, copies=False):
         first, rest = tasks.solve(task).split("\n", 1)
         return shown_to_judge(task, f"{first}1\n{rest}" if copies else f"{first}\n{rest}")
 
-    def known(problem):  # a posing's task, else one the test saw the environment draw
+    def known(problem):
         return task_of.get(problem) or sample_texts.environment[problem]
 
     def sample_texts(policy, tok_, prompts, cfg, gen):
@@ -174,12 +175,21 @@ def scripted_roles(tok, known_tasks=None, copies=False):
             out.append(sampling.Completion([tok.bos_token_id], ids, text, True))
         return out
     sample_texts.environment = {}
+    build = tasks.validate
+
+    def built(*args, **kwargs):
+        task = build(*args, **kwargs)
+        if isinstance(task, tasks.Task):
+            sample_texts.environment[task.prompt] = task
+        return task
+    monkeypatch.setattr(selfplay, "sample_texts", sample_texts)
+    monkeypatch.setattr(selfplay.tasks, "validate", built)
     return sample_texts
 
 
 def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     policy, tok = M.load(tiny)
-    monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok))
+    scripted = scripted_roles(tok, monkeypatch)
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=4", "--posings=2",
                             "--solutions=4"])
     plan = [("deduction", 1), ("induction", 1), ("deduction", 2), ("induction", 2)]
@@ -209,7 +219,9 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     assert solved and all(correct in (0.0, 1.0) for _, _, correct in solved)
     [rollout] = shown  # samples.jsonl: the whole story of the first problem
     assert rollout["valid"]
-    assert tasks.validate("deduction", rollout["pose"], 1).prompt == rollout["problem"]
+    # the problem is the posing's line with what it leaves open (names, forms) drawn afresh
+    assert tasks.pose_text(scripted.environment[rollout["problem"]]) == rollout["pose"]
+    assert tasks.validate("deduction", rollout["pose"], 1).prompt != rollout["problem"]
     assert [(x["correct"], x["verdict"], x["revision_gain"]) for x in rollout["solutions"]] == \
         [(True, True, None), (False, False, 1)] * 2
     assert all((x["revision"] is None) == x["correct"] for x in rollout["solutions"])
@@ -220,8 +232,7 @@ def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
     (solved, judged and trained like them, never counted as posings); a seed with no valid
     posing still gets one at E=0; --posings=0 is self-play on environment tasks alone."""
     policy, tok = M.load(tiny)
-    scripted, draw = scripted_roles(tok), tasks.sample
-    monkeypatch.setattr(selfplay, "sample_texts", scripted)
+    scripted, draw = scripted_roles(tok, monkeypatch), tasks.sample
 
     def recorded(*args):
         task = draw(*args)
@@ -251,7 +262,7 @@ def test_a_revision_that_copies_the_answer_under_wrong_steps_earns_nothing(tiny,
     """The critique names the reference answer; only a revision whose whole chain is right
     (tasks.faithful) gains, and only such a one joins the solve group."""
     policy, tok = M.load(tiny)
-    monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok, copies=True))
+    scripted_roles(tok, monkeypatch, copies=True)
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
                             "--solutions=4"])
     samples, stats, _, _ = selfplay.alive_rollouts(policy, tok, cfg, [("deduction", 2),
@@ -263,7 +274,7 @@ def test_a_revision_that_copies_the_answer_under_wrong_steps_earns_nothing(tiny,
 
 def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monkeypatch):
     policy, tok = M.load(tiny)
-    monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok))
+    scripted_roles(tok, monkeypatch)
     plan = [("deduction", 1), ("induction", 2)]
     rewards = {}
     for audits in (False, True):
@@ -314,7 +325,7 @@ def test_refine_pairs_and_thoughts_from_scripted_roles(tiny, tmp_path, monkeypat
         return drawn
     monkeypatch.setattr(selfplay, "environment_tasks", remembered)
     _, tok = M.load(tiny)
-    monkeypatch.setattr(selfplay, "sample_texts", scripted_roles(tok, known))
+    scripted_roles(tok, monkeypatch, known)
     out = str(tmp_path / "refine")
     run("--stage=refine", f"--model={tiny}", f"--out={out}", "--steps=1")
     [log] = lines(os.path.join(out, "metrics.jsonl"))
