@@ -174,16 +174,16 @@ def scripted_roles(tok, monkeypatch, known_tasks=None, copies=False):
             ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             out.append(sampling.Completion([tok.bos_token_id], ids, text, True))
         return out
-    sample_texts.environment = {}
-    build = tasks.validate
-
-    def built(*args, **kwargs):
-        task = build(*args, **kwargs)
-        if isinstance(task, tasks.Task):
-            sample_texts.environment[task.prompt] = task
-        return task
+    def recording(make):  # `make` (tasks.validate or tasks.sample), its Tasks remembered
+        def made(*args, **kwargs):
+            task = make(*args, **kwargs)
+            if isinstance(task, tasks.Task):
+                sample_texts.environment[task.prompt] = task
+            return task
+        return made
+    sample_texts.environment, sample_texts.recording = {}, recording
     monkeypatch.setattr(selfplay, "sample_texts", sample_texts)
-    monkeypatch.setattr(selfplay.tasks, "validate", built)
+    monkeypatch.setattr(selfplay.tasks, "validate", recording(tasks.validate))
     return sample_texts
 
 
@@ -232,13 +232,8 @@ def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
     (solved, judged and trained like them, never counted as posings); a seed with no valid
     posing still gets one at E=0; --posings=0 is self-play on environment tasks alone."""
     policy, tok = M.load(tiny)
-    scripted, draw = scripted_roles(tok, monkeypatch), tasks.sample
-
-    def recorded(*args):
-        task = draw(*args)
-        scripted.environment[task.prompt] = task
-        return task
-    monkeypatch.setattr(selfplay.tasks, "sample", recorded)
+    scripted = scripted_roles(tok, monkeypatch)
+    monkeypatch.setattr(selfplay.tasks, "sample", scripted.recording(tasks.sample))
     plan = [("deduction", 1), ("induction", 2)]
     for posings, environment, problems in ((2, 0, 4), (2, 2, 8), (0, 2, 4)):  # (0, 2): no poser
         cfg = train.parse_args(["--families=deduction,induction", "--seeds=2",
