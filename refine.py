@@ -3,7 +3,8 @@
 1. Rewards per role, from one record per posing (`Posing`): with p_hat a posing's verified
    solve rate, v the judge's verdict, y the verifier's 0/1 and g a revision's gain,
 
-       poser    r = 1 - p_hat if p_hat > 0, 0 if p_hat = 0; -1 if invalid or a duplicate
+       poser    r = 1 - p_hat if p_hat > 0, 0 if p_hat = 0; -1 if invalid or a duplicate;
+                0 if held out (its line fixes a problem whose split hash it cannot see)
        solver   r = (1 - alpha) [v = correct] + alpha y      (alpha: 1 -> alpha_floor)
        judge    r = [v = y] + g of the revision written from its critique (an audit: [v = y])
        reviser  r = g = y(revision) - y(original)             (alignment via refinement;
@@ -38,6 +39,7 @@ class Posing:
     pose: object = None        # the poser's completion; None: a stand-in (no posing was valid)
     task: object = None        # the environment's Task; None: it refused the posing
     duplicate: bool = False    # repeats an earlier valid posing of the batch
+    held_out: bool = False     # well formed, but a held-out problem: refused, not penalised
     solutions: list = field(default_factory=list)  # N completions of the solve prompt
     correct: list = field(default_factory=list)    # the verifier on each: 0.0 or 1.0
     critiques: list = field(default_factory=list)  # the judge's completion on each
@@ -57,7 +59,8 @@ def self_play_samples(posings, alpha):
     for i, p in enumerate(posings):
         rate = sum(p.correct) / len(p.correct) if p.correct else 0.0
         if p.pose is not None:
-            learnable = -1.0 if p.task is None or p.duplicate else (1 - rate if rate else 0.0)
+            learnable = (0.0 if p.held_out else -1.0 if p.task is None or p.duplicate else
+                         1 - rate if rate else 0.0)
             rows.append(("pose", p.pose, learnable, ("pose", p.family), None, None))
         for j, solution in enumerate(p.solutions):
             verdict, truth = p.verdicts[j], p.correct[j]

@@ -90,7 +90,8 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     for i, pose in zip(seeds, poses):
         task = tasks.validate(plan[i][0], roles.parse_pose(pose.text) or "", plan[i][1], docs[i],
                               split="train", rng=rng)
-        posings.append(R.Posing(plan[i][0], pose, task if isinstance(task, tasks.Task) else None))
+        posings.append(R.Posing(plan[i][0], pose, task if isinstance(task, tasks.Task) else None,
+                                held_out=task == tasks.HELD_OUT))
     posed = [p for p in posings if p.task is not None]
     for p, dup in zip(posed, R.duplicate_posings([p.task.prompt for p in posed],
                                                  [(p.family, p.task.level) for p in posed])):

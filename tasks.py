@@ -44,6 +44,7 @@ FAMILIES = ("deduction", "induction", "abduction", "corpus")
 LEVELS = (1, 2, 3, 4, 5)
 MASK = "[?]"
 EVAL_EVERY = 5  # one problem in EVAL_EVERY (by hash of its canonical form) is held out
+HELD_OUT = "a problem of the eval split"  # validate's answer to a training posing of one
 LIMIT = 29  # every number in a problem or a step lies in 0..LIMIT
 STEP = 5  # every step adds or subtracts 1..STEP
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -353,10 +354,9 @@ ANSWER_LINE = re.compile(r"[ \t]*answer[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
 
 def faithful(task, text):
     """Is `text` the reference worked solution line for line (up to spacing and case), so its
-    right answer follows from right steps? A reviser shown `want <reference>` copied the answer
-    under steps that do not reach it, and one not shown it can still guess among a few causes;
-    only the chain tells these from a correction. A task without known steps (loaded from
-    JSONL) is judged by its answer."""
+    right answer follows from right steps? A reviser can copy `want <reference>` under wrong
+    steps, or guess among a few causes: only the chain tells these from a correction. A task
+    without known steps (loaded from JSONL) is judged by its answer."""
     if not task.steps:
         return check(task, answer_of(text))
     lines = [_norm(line) for line in str(text).splitlines() if line.strip()]

@@ -37,12 +37,14 @@ class Said:
 
 
 def posing(correct, verdicts, pointers=None, gains=None, revised=None, family="deduction",
-           pose=True, valid=True, duplicate=False):
+           pose=True, valid=True, duplicate=False, held_out=False):
     n = len(correct)
     return Posing(family, Said(2) if pose else None, object() if valid else None, duplicate,
-                  [Said(3) for _ in correct], correct, [Said(1) for _ in correct], verdicts,
-                  pointers or [None] * n, [[1, 2, 3]] * n,
-                  [Said(2) if r else None for r in (revised or [False] * n)], gains or [0.0] * n)
+                  held_out, solutions=[Said(3) for _ in correct], correct=correct,
+                  critiques=[Said(1) for _ in correct], verdicts=verdicts,
+                  pointers=pointers or [None] * n, steps=[[1, 2, 3]] * n,
+                  revisions=[Said(2) if r else None for r in (revised or [False] * n)],
+                  gains=gains or [0.0] * n)
 
 
 def test_every_roles_reward_follows_its_equation():
@@ -51,9 +53,10 @@ def test_every_roles_reward_follows_its_equation():
                revised=[False, True, True, True])
     _, rewards = self_play_samples([p, posing([], [], valid=False),
                                     posing([1.0], [True], duplicate=True),
-                                    posing([1.0, 1.0], [True, True])], alpha)
-    # poser: 1 - p_hat (p_hat 0.5); invalid -1; duplicate -1; always solved 0
-    assert rewards["pose"] == [0.5, -1.0, -1.0, 0.0]
+                                    posing([1.0, 1.0], [True, True]),
+                                    posing([], [], valid=False, held_out=True)], alpha)
+    # poser: 1 - p_hat (p_hat 0.5); invalid -1; duplicate -1; always solved 0; held out 0
+    assert rewards["pose"] == [0.5, -1.0, -1.0, 0.0, 0.0]
     # solver: (1 - alpha) [verdict correct] + alpha [verified]
     assert rewards["solve"][:4] == pytest.approx([1.0, 0.75, 0.0, 0.25])
     # judge: agreement with the verifier (unparsable: 0) + its critique's revision gain

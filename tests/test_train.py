@@ -174,6 +174,7 @@ def scripted_roles(tok, monkeypatch, known_tasks=None, copies=False):
             ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             out.append(sampling.Completion([tok.bos_token_id], ids, text, True))
         return out
+
     def recording(make):  # `make` (tasks.validate or tasks.sample), its Tasks remembered
         def made(*args, **kwargs):
             task = make(*args, **kwargs)
@@ -247,10 +248,26 @@ def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
         assert sorted({(f, lv) for f, lv, _ in solved}) == sorted(plan)
     monkeypatch.setattr(selfplay.roles, "parse_pose", lambda text: None)  # every posing invalid
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
-                            "--solutions=2", "--environment=0"])
+                            "--solutions=2"])
     _, stats, solved, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0), None,
                                                   step=0)
     assert stats["pose_validity"] == [0.0] * 4 and len(solved) == 2 * 2
+
+
+def test_a_posing_of_a_held_out_problem_costs_the_poser_nothing(tiny, monkeypatch):
+    """An induction line fixes the whole problem and the poser cannot see the split's hash: a
+    held-out one is refused with reward 0, a line the environment cannot build with -1."""
+    policy, tok = M.load(tiny)
+    scripted = scripted_roles(tok, monkeypatch)
+    monkeypatch.setattr(selfplay.tasks, "sample", scripted.recording(tasks.sample))
+    held = tasks.pose_text(tasks.sample("induction", 2, random.Random(0), "eval"))
+    lines = iter([held, "start 5 add 9 show 3"])
+    monkeypatch.setattr(selfplay.roles, "parse_pose", lambda text: next(lines))
+    cfg = train.parse_args(["--families=induction", "--seeds=1", "--posings=2", "--solutions=2"])
+    _, stats, solved, _ = selfplay.alive_rollouts(policy, tok, cfg, [("induction", 2)],
+                                                  random.Random(0), None, step=0)
+    assert stats["pose_validity"] == [0.0, 0.0] and stats["reward/pose"] == [0.0, -1.0]
+    assert len(solved) == 2  # the seed solves an environment task in their place
 
 
 def test_a_revision_that_copies_the_answer_under_wrong_steps_earns_nothing(tiny, monkeypatch):
