@@ -3,7 +3,7 @@
 One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) pairs:
   1. pose: `posings` problems per seed; the environment (tasks.validate) decides validity
      and computes the answer, so the poser cannot pose what it cannot check;
-  2. solve: `solutions` samples per valid problem;
+  2. solve: `solutions` samples per valid problem and per `environment` task of the seed;
   3. judge: each solution critiqued in words, the reference answer in view, its verdict parsed;
   4. revise: each solution the judge did not accept, conditioned on the critique; a revision
      counts as right only when its whole chain is (tasks.faithful): an answer right under wrong
@@ -97,8 +97,9 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
                                                  [(p.family, p.task.level) for p in posed])):
         p.duplicate = dup
     # Each seed also solves `environment` tasks the environment draws at its family and level
-    # (one when none of its posings is valid, so the other roles learn while the poser learns
-    # to pose). --posings=0 --environment=2 is self-play on environment tasks alone, no poser.
+    # (on posed problems alone the solver learned past level 2 far less often: README), and one
+    # when none of its posings is valid, so the other roles learn while the poser learns to
+    # pose. --posings=0 --environment=2 is self-play on environment tasks alone, no poser.
     for i, (family, level) in enumerate(plan):
         none_valid = all(p.task is None for p, seed in zip(posings, seeds) if seed == i)
         for _ in range(max(cfg.environment, int(none_valid))):

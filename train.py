@@ -76,7 +76,7 @@ class Config:
     seeds: int = 8              # alive: seeds (family x level) per step, all ranks (>= 1 each)
     posings: int = 2            # alive: M posings per seed
     solutions: int = 4          # alive: N solutions per valid posing
-    environment: int = 0        # alive: environment tasks per seed, solved beside its posings
+    environment: int = 1        # alive: environment tasks per seed, solved beside its posings
     temperature: float = 1.0    # rollout sampling temperature
     top_p: float = 1.0          # rollout nucleus
     max_new_tokens: int = 160   # per completion

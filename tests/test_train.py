@@ -192,7 +192,7 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     policy, tok = M.load(tiny)
     scripted = scripted_roles(tok, monkeypatch)
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=4", "--posings=2",
-                            "--solutions=4"])
+                            "--solutions=4", "--environment=0"])
     plan = [("deduction", 1), ("induction", 1), ("deduction", 2), ("induction", 2)]
     samples, stats, solved, shown = selfplay.alive_rollouts(policy, tok, cfg, plan,
                                                             random.Random(0), None, step=0)
@@ -248,7 +248,7 @@ def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
         assert sorted({(f, lv) for f, lv, _ in solved}) == sorted(plan)
     monkeypatch.setattr(selfplay.roles, "parse_pose", lambda text: None)  # every posing invalid
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
-                            "--solutions=2"])
+                            "--solutions=2", "--environment=0"])
     _, stats, solved, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0), None,
                                                   step=0)
     assert stats["pose_validity"] == [0.0] * 4 and len(solved) == 2 * 2
@@ -276,7 +276,7 @@ def test_a_revision_that_copies_the_answer_under_wrong_steps_earns_nothing(tiny,
     policy, tok = M.load(tiny)
     scripted_roles(tok, monkeypatch, copies=True)
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
-                            "--solutions=4"])
+                            "--solutions=4", "--environment=0"])
     samples, stats, _, _ = selfplay.alive_rollouts(policy, tok, cfg, [("deduction", 2),
                                                                       ("induction", 2)],
                                                    random.Random(0), None, step=0)
@@ -291,7 +291,7 @@ def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monke
     rewards = {}
     for audits in (False, True):
         cfg = train.parse_args(["--families=deduction,induction", "--posings=2", "--solutions=4",
-                                f"--audits={audits}"])
+                                f"--audits={audits}", "--environment=0"])
         samples, stats, _, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
                                                        None, step=0)
         rewards[audits] = stats["reward/judge"]
