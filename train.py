@@ -58,7 +58,7 @@ class Config:
     out: str = "runs/tiny"      # run directory of this stage (or of the whole pipeline)
     steps: int = 0              # optimizer steps of the stage; 0 = that stage's default below
     warmup_steps: int = 2000    # default steps of warmup
-    rl_steps: int = 100         # default steps of alive / align / domain
+    rl_steps: int = 50          # default steps of alive / align / domain (the tutorial: 10 min)
     refine_steps: int = 30      # default steps of refine
     refine_rounds: int = 2      # refine: most critique -> revise rounds per chain
     seed: int = 0               # every step's randomness derives from (seed, step, rank)
