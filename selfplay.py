@@ -97,9 +97,9 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
                                                  [(p.family, p.task.level) for p in posed])):
         p.duplicate = dup
     # Each seed also solves `environment` tasks the environment draws at its family and level
-    # (on posed problems alone the solver learned past level 2 far less often: README), and one
-    # when none of its posings is valid, so the other roles learn while the poser learns to
-    # pose. --posings=0 --environment=2 is self-play on environment tasks alone, no poser.
+    # (on posed problems alone the solver learned past level 2 far less often: README), at
+    # least one when none of its posings is valid, so the other roles learn while the poser
+    # learns to pose. --posings=0 --environment=2 is self-play on environment tasks alone.
     for i, (family, level) in enumerate(plan):
         none_valid = all(p.task is None for p, seed in zip(posings, seeds) if seed == i)
         for _ in range(max(cfg.environment, int(none_valid))):

@@ -456,7 +456,7 @@ def validate(family, pose_text, level, document=None, split=None, rng=None):
             build(level, params, rng or random.Random(f"{family}:{level}:{text}"))
         if not (split and isinstance(task, Task)) or split_of(task) == split:
             return task
-    return f"a problem of the {split_of(task)} split"
+    return HELD_OUT if split == "train" else "a problem of the train split"
 
 
 # ----------------------------------------------------------------------------- JSONL loading

@@ -263,7 +263,8 @@ def test_a_posing_of_a_held_out_problem_costs_the_poser_nothing(tiny, monkeypatc
     held = tasks.pose_text(tasks.sample("induction", 2, random.Random(0), "eval"))
     lines = iter([held, "start 5 add 9 show 3"])
     monkeypatch.setattr(selfplay.roles, "parse_pose", lambda text: next(lines))
-    cfg = train.parse_args(["--families=induction", "--seeds=1", "--posings=2", "--solutions=2"])
+    cfg = train.parse_args(["--families=induction", "--seeds=1", "--posings=2", "--solutions=2",
+                            "--environment=0"])
     _, stats, solved, _ = selfplay.alive_rollouts(policy, tok, cfg, [("induction", 2)],
                                                   random.Random(0), None, step=0)
     assert stats["pose_validity"] == [0.0, 0.0] and stats["reward/pose"] == [0.0, -1.0]
