@@ -437,8 +437,7 @@ def test_what_a_posing_leaves_open_comes_from_the_rng():
             tasks.validate(family, line, 4, rng=random.Random(7)).prompt
     # a draw that falls in the held-out split is redrawn: the poser chose only the line
     refused = [(lv, line) for lv in tasks.LEVELS for line in ("causes 2", "causes 3", "causes 4")
-               if tasks.validate("abduction", line, lv, split="train") ==
-               "a problem of the eval split"]
+               if tasks.validate("abduction", line, lv, split="train") == tasks.HELD_OUT]
     assert refused and all(tasks.split_of(tasks.validate(
         "abduction", line, lv, split="train", rng=random.Random(0))) == "train"
         for lv, line in refused)
