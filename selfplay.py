@@ -59,8 +59,10 @@ def seed_plan(rng, cfg, curriculum):
 
 
 def environment_tasks(plan, rng, cfg):
-    """`posings` tasks drawn by the environment for every seed of the plan."""
-    return [tasks.sample(f, lvl, rng, "train") for f, lvl in plan for _ in range(cfg.posings)]
+    """`posings + environment` tasks drawn by the environment for every seed of the plan: the
+    baselines solve as many problems per seed as alive does when all its posings are valid."""
+    return [tasks.sample(f, lvl, rng, "train") for f, lvl in plan
+            for _ in range(cfg.posings + cfg.environment)]
 
 
 def scalar_rollouts(policy, tok, cfg, plan, rng, gen):

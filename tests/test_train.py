@@ -115,7 +115,7 @@ def test_clip_fraction_counts_tokens_outside_the_trust_region(tiny):
     one = update.train_on(policy, torch.optim.SGD(policy.parameters(), lr=3.0), samples, cfg,
                           tok.pad_token_id, "pg", epochs=1)
     ratio = torch.exp(logp(policy) - before)
-    expected = (((coef > 0) & (ratio > 1 + cfg.clip_eps)) | ((coef < 0) & (ratio < 1 - cfg.clip_eps)))
+    expected = ((coef > 0) & (ratio > 1 + cfg.clip_eps)) | ((coef < 0) & (ratio < 1 - cfg.clip_eps))
     policy, tok = M.load(tiny)
     two = update.train_on(policy, torch.optim.SGD(policy.parameters(), lr=3.0), samples, cfg,
                           tok.pad_token_id, "pg", epochs=2)
@@ -230,8 +230,8 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
 
 def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
     """--environment=E adds E environment tasks of the seed's family and level to its posings
-    (solved, judged and trained like them, never counted as posings); a seed with no valid
-    posing still gets one at E=0; --posings=0 is self-play on environment tasks alone."""
+    (solved, judged and trained like them, not counted as posings; scalar draws as many tasks);
+    a seed with no valid posing still gets one at E=0; --posings=0: environment tasks alone."""
     policy, tok = M.load(tiny)
     scripted = scripted_roles(tok, monkeypatch)
     monkeypatch.setattr(selfplay.tasks, "sample", scripted.recording(tasks.sample))
@@ -246,6 +246,7 @@ def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
         assert all(s.role != "pose" for s in samples) or posings
         assert len(solved) == problems * 2  # every problem's solutions reach the curriculum
         assert sorted({(f, lv) for f, lv, _ in solved}) == sorted(plan)
+        assert len(selfplay.environment_tasks(plan, random.Random(0), cfg)) == problems
     monkeypatch.setattr(selfplay.roles, "parse_pose", lambda text: None)  # every posing invalid
     cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
                             "--solutions=2", "--environment=0"])
@@ -342,7 +343,7 @@ def test_refine_pairs_and_thoughts_from_scripted_roles(tiny, tmp_path, monkeypat
     out = str(tmp_path / "refine")
     run("--stage=refine", f"--model={tiny}", f"--out={out}", "--steps=1")
     [log] = lines(os.path.join(out, "metrics.jsonl"))
-    problems = 2 * 2  # FAST: 2 seeds x 2 posings
+    problems = 2 * (2 + 1)  # FAST: 2 seeds x (2 posings + 1 environment task)
     assert log["acc/solve"] == 0.5 and log["reward/revise"] == 1.0
     assert log["thoughts"] == log["pairs"] == problems // 2 * 2  # wrong ones x two chains
     assert log["revisions"] == 0.5  # one revision on each wrong one's chains, none on right
