@@ -11,7 +11,8 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
   5. learn: refine.self_play_samples turns the record into rewards per role, group advantages
      A = (r - mean r) / std r and token credit; with `judge_anchor` teacher judge pairs
      (NLL) beside them, update.train_on takes one clipped PG step.
---reward=scalar keeps steps 2 and 5 with r = exact match on environment tasks (plain GRPO).
+--reward=scalar keeps steps 2 and 5 with r = exact match on environment tasks (plain GRPO),
+`posings + environment` of them per seed: as many problems as alive solves.
 The curriculum judges a family once at least 16 of its solutions at its level have gathered:
 their solve rate above --promote raises the level, below --demote lowers it.
 
@@ -59,10 +60,11 @@ def seed_plan(rng, cfg, curriculum):
 
 
 def environment_tasks(plan, rng, cfg):
-    """`posings + environment` tasks drawn by the environment for every seed of the plan: the
-    baselines solve as many problems per seed as alive does when all its posings are valid."""
+    """`posings + environment` tasks (at least one) drawn by the environment for every seed of
+    the plan: the baselines solve as many problems per seed as alive does when all its posings
+    are valid (or, with neither, the one task alive gives a seed with no valid posing)."""
     return [tasks.sample(f, lvl, rng, "train") for f, lvl in plan
-            for _ in range(cfg.posings + cfg.environment)]
+            for _ in range(max(1, cfg.posings + cfg.environment))]
 
 
 def scalar_rollouts(policy, tok, cfg, plan, rng, gen):

@@ -74,7 +74,8 @@ class Config:
     weight_decay: float = 0.0   # AdamW's decoupled weight decay
     batch: int = 32             # warmup: demonstration samples per step, all ranks (>= 1 each)
     seeds: int = 8              # alive: seeds (family x level) per step, all ranks (>= 1 each)
-    posings: int = 1            # alive: M posings per seed
+    posings: int = 1            # alive: M posings per seed (scalar, align, refine draw
+                                #   posings + environment tasks per seed instead)
     solutions: int = 4          # alive: N solutions per valid posing
     environment: int = 1        # alive: environment tasks per seed, solved beside its posings
     temperature: float = 1.0    # rollout sampling temperature
@@ -87,7 +88,8 @@ class Config:
     alpha_floor: float = 0.5    # lowest weight of the verifier in the solver's reward
     alpha_steps: int = 100      # steps over which alpha anneals from 1 to alpha_floor
     audits: bool = False        # alive: the judge also judges a reference and a slipped solution
-    judge_anchor: int = 4       # alive: teacher judge pairs per step (all ranks), NLL beside PG
+    judge_anchor: int = 16      # alive: teacher judge pairs per step (all ranks), NLL beside PG
+                                #   (a judge near 0.99 holds with 4: the evidence run)
     promote: float = 0.6        # curriculum: raise a family's level when its solve rate is above
     demote: float = 0.1         # ... lower it when below this
     start_level: int = 2        # curriculum: starting level of every family

@@ -236,7 +236,7 @@ def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
     scripted = scripted_roles(tok, monkeypatch)
     monkeypatch.setattr(selfplay.tasks, "sample", scripted.recording(tasks.sample))
     plan = [("deduction", 1), ("induction", 2)]
-    for posings, environment, problems in ((2, 0, 4), (2, 2, 8), (0, 2, 4)):  # (0, 2): no poser
+    for posings, environment, problems in ((2, 0, 4), (2, 2, 8), (0, 2, 4), (0, 0, 2)):
         cfg = train.parse_args(["--families=deduction,induction", "--seeds=2",
                                 f"--posings={posings}", "--solutions=2",
                                 f"--environment={environment}"])
@@ -341,7 +341,7 @@ def test_refine_pairs_and_thoughts_from_scripted_roles(tiny, tmp_path, monkeypat
     _, tok = M.load(tiny)
     scripted_roles(tok, monkeypatch, known)
     out = str(tmp_path / "refine")
-    run("--stage=refine", f"--model={tiny}", f"--out={out}", "--steps=1")
+    run("--stage=refine", f"--model={tiny}", f"--out={out}", "--steps=1", "--environment=1")
     [log] = lines(os.path.join(out, "metrics.jsonl"))
     problems = 2 * (2 + 1)  # FAST: 2 seeds x (2 posings + 1 environment task)
     assert log["acc/solve"] == 0.5 and log["reward/revise"] == 1.0
