@@ -9,9 +9,10 @@
        judge    r = [v = y] + g of the revision written from its critique (an audit: [v = y])
        reviser  r = g = y(revision) - y(original)             (alignment via refinement;
                 in self-play y(revision) checks the whole chain, tasks.faithful)
-       self-correction: a revision with g = 1 also joins its posing's solutions, in the solve
-                prompt, with r = 1: the solver learns what the critique taught the reviser (and
-                a group of only wrong solutions, which would be dropped, now pushes them down)
+       self-correction: a revision with g = 1 also joins its posing's solutions, whole (the
+                critique's fix it started from included), in the solve prompt, with r = 1:
+                the solver learns what the critique taught the reviser (and a group of only
+                wrong solutions, which would be dropped, now pushes them down)
 
 2. Advantages: A = (r - mean) / std within a group (the solutions of one posing; the posers of
    one family; the critiques of one posing's right solutions, and apart from them those of its
@@ -24,7 +25,7 @@
 3. Refinement (AvR): rounds of critique -> revise, preference pairs, long refinement thoughts.
 Tests: tests/test_refine.py."""
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,7 +47,9 @@ class Posing:
     verdicts: list = field(default_factory=list)   # parsed: True, False, None (unparsable)
     pointers: list = field(default_factory=list)   # first wrong step a critique names, or None
     steps: list = field(default_factory=list)      # per solution: the step of each token
-    revisions: list = field(default_factory=list)  # per solution: its revision, None if accepted
+    revisions: list = field(default_factory=list)  # per solution: the reviser's completion (the
+    #                                                 revise prompt ends on its start), or None
+    revised: list = field(default_factory=list)    # ... its whole revision in the solve prompt
     gains: list = field(default_factory=list)      # per solution: the revision's gain (0 if none)
     audits: list = field(default_factory=list)     # (critique, verdict, truth) of known solutions
 
@@ -71,8 +74,7 @@ def self_play_samples(posings, alpha):
             if p.revisions[j] is not None:
                 rows.append(("revise", p.revisions[j], p.gains[j], ("revise", i), None, None))
             if p.gains[j] > 0:  # r = 1 is the group's highest: this sample is only pulled up
-                rows.append(("corrected", replace(p.revisions[j], prompt_ids=solution.prompt_ids),
-                             1.0, ("solve", i), None, None))
+                rows.append(("corrected", p.revised[j], 1.0, ("solve", i), None, None))
         for critique, verdict, truth in p.audits:
             rows.append(("judge", critique, agreement(verdict, truth), ("judge", i, truth), None,
                          None))

@@ -5,9 +5,11 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
      and computes the answer, so the poser cannot pose what it cannot check;
   2. solve: `solutions` samples per valid problem and per `environment` task of the seed;
   3. judge: each solution critiqued in words, the reference answer in view, its verdict parsed;
-  4. revise: each solution the judge did not accept, conditioned on the critique; a revision
-     counts as right only when its whole chain is (tasks.faithful): an answer right under wrong
-     steps (a guess, or a copy when the reviser saw the reference) must not teach the solver;
+  4. revise: each solution the judge did not accept, conditioned on its critique and started on
+     its fix (roles.revision_start: the steps before the flagged one, then the critique's
+     corrected step; the reviser writes the rest); a revision counts as right only when its
+     whole chain is (tasks.faithful): an answer right under wrong steps (a guess, or a copy when
+     the reviser saw the reference) must not teach the solver;
   5. learn: refine.self_play_samples turns the record into rewards per role, group advantages
      A = (r - mean r) / std r and token credit; with `judge_anchor` teacher judge pairs
      (NLL) beside them, update.train_on takes one clipped PG step.
@@ -27,9 +29,10 @@ Simplifications, stated plainly:
     experiments;
   - p_hat and a revision's correctness come from the verifier, which every family here has;
     the judge's verdict enters the solver's reward with weight 1 - alpha;
-  - a revision is trained in its own critique-conditioned prompt; one that fixes the answer is
-    also trained in the solve prompt with reward 1 (the off-policy part of self-correction: its
-    ratio is taken against the solve prompt as if sampled there);
+  - a revision is trained in its own critique-conditioned prompt (the tokens it sampled after its
+    start); one that fixes the answer is also trained whole, start included, in the solve prompt
+    with reward 1 (the off-policy part of self-correction: its ratio is taken against the solve
+    prompt as if sampled there, though the start's tokens are the critique's words);
   - the judge anchor is the programmatic teacher's supervision inside self-play: the judge
     does not learn from its agreement with the verifier alone;
   - DPO in `refine` uses the sampling policy as its reference (no second copy).
@@ -129,15 +132,19 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
         p.verdicts.append(roles.parse_verdict(c.text))
         p.pointers.append(roles.parse_pointer(c.text))
         p.revisions.append(None)
+        p.revised.append(None)
         p.gains.append(0.0)
-    # 4. revise what the judge did not accept, conditioned on its critique
+    # 4. revise what the judge did not accept: from its fix of the step it flags, on
     redo = [(p, j) for p in problems for j, v in enumerate(p.verdicts) if v is not True]
-    revisions = sample_texts(policy, tok, [roles.revise_prompt(p.task.prompt, p.solutions[j].text,
-                                                               p.critiques[j].text)
-                                           for p, j in redo], cfg, gen)
-    for (p, j), r in zip(redo, revisions):
+    asked = [roles.revise_prompt(p.task.prompt, p.solutions[j].text, p.critiques[j].text)
+             for p, j in redo]
+    for (p, j), prompt, r in zip(redo, asked, sample_texts(policy, tok, asked, cfg, gen)):
+        start = roles.split_prompt(prompt)[1]
         p.revisions[j] = r
-        p.gains[j] = float(R.revision_gain(p.correct[j], tasks.faithful(p.task, r.text)))
+        p.revised[j] = sampling.Completion(  # the whole revision, as the solver would write it
+            p.solutions[j].prompt_ids, tok(start, add_special_tokens=False)["input_ids"] + r.ids,
+            start + r.text, r.finished)
+        p.gains[j] = float(R.revision_gain(p.correct[j], tasks.faithful(p.task, start + r.text)))
     # 5. rewards, advantages and credit of every role
     alpha = R.alpha_schedule(step, cfg.alpha_steps, cfg.alpha_floor)
     trained, rewards = R.self_play_samples(posings, alpha)
@@ -159,7 +166,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
                              "revision": r and r.text, "revision_gain": g if r else None}
                             for s, c, k, v, r, g in zip(first.solutions, first.correct,
                                                         first.critiques, first.verdicts,
-                                                        first.revisions, first.gains)]}]
+                                                        first.revised, first.gains)]}]
     return samples, stats, solved, shown
 
 
@@ -242,7 +249,8 @@ def refine_step(policy, optimizer, tok, cfg, step, rank, state):
 
     def revise(ps, solutions, critiques):
         prompts = [roles.revise_prompt(p, s, c) for p, s, c in zip(ps, solutions, critiques)]
-        return [r.text for r in sample_texts(policy, tok, prompts, cfg, gen)]
+        return [roles.split_prompt(asked)[1] + r.text  # its start, then what the model wrote
+                for asked, r in zip(prompts, sample_texts(policy, tok, prompts, cfg, gen))]
 
     policy.eval()
     sols = [s.text for s in sample_texts(policy, tok, [roles.solve_prompt(p) for p in problems],

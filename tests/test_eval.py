@@ -69,8 +69,10 @@ def double(known, solve="right", judge="critic", revise="right", pose="valid", c
         if role == "revise":
             task = known[s["problem"]]
             # "copied": the critique's reference answer under a step that does not reach it
-            return f"I guess.\nAnswer: {task.answer}" if revise == "copied" else \
+            text = f"I guess.\nAnswer: {task.answer}" if revise == "copied" else \
                 answer(task, revise == "right")
+            start = roles.split_prompt(prompt)[1]  # the revision's first lines: the prompt's end
+            return text[len(start):] if text.startswith(start) else text
         family, level = s["pose"].split()
         if pose != "valid":
             return "  "  # nothing a parser can read

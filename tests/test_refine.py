@@ -44,6 +44,7 @@ def posing(correct, verdicts, pointers=None, gains=None, revised=None, family="d
                   critiques=[Said(1) for _ in correct], verdicts=verdicts,
                   pointers=pointers or [None] * n, steps=[[1, 2, 3]] * n,
                   revisions=[Said(2) if r else None for r in (revised or [False] * n)],
+                  revised=[Said(3) if r else None for r in (revised or [False] * n)],
                   gains=gains or [0.0] * n)
 
 
@@ -82,12 +83,15 @@ def test_a_revision_that_fixes_the_answer_joins_the_solutions_in_the_solve_promp
     p = posing([0.0, 0.0, 0.0], [False, False, True], gains=[1.0, 0.0, 0.0],
                revised=[True, True, False])
     p.solutions = [Said(3, prompt_ids=("solve", k)) for k in range(3)]
-    p.revisions[0] = Said(4, prompt_ids=("revise", 0))
+    p.revisions[0] = Said(2, prompt_ids=("revise", 0))  # what the reviser wrote after its start
+    p.revised[0] = Said(4, prompt_ids=("solve", 0))  # the whole revision, in the solve prompt
     samples, rewards = self_play_samples([p], alpha=1.0)
     corrected = [(c, coef) for role, c, coef in samples if role == "corrected"]
     assert len(corrected) == 1 and rewards["solve"] == [0.0, 0.0, 0.0]
     c, coef = corrected[0]
-    assert c.prompt_ids == ("solve", 0) and c.ids == [0, 1, 2, 3]  # the revision, solve prompt
+    assert c is p.revised[0]
+    revise = [c for role, c, _ in samples if role == "revise"]
+    assert revise == [p.revisions[0], p.revisions[1]]  # the reviser learns its own tokens
     # rewards 0, 0, 0 and 1 in one group: mean 1/4, population std sqrt(3)/4
     assert coef == pytest.approx([math.sqrt(3)] * 4, rel=1e-5)
     solve = [coef for role, _, coef in samples if role == "solve"]

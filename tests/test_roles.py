@@ -67,39 +67,54 @@ def test_the_reviser_never_reads_the_reference_answer():
             task = tasks.sample(family, level, rng)
             wrong = tasks.corrupt(task, rng)[0]
             critique = tasks.critique(task, wrong)
-            shown = roles.revise_prompt(task.prompt, wrong, critique).split("#critique\n")[1]
-            assert f"want {task.answer}." in critique and "want" not in shown
+            shown, start = roles.revise_prompt(task.prompt, wrong, critique).split(
+                "#critique\n")[1].split("#revise\n")
+            assert f"want {task.answer}." in critique and "want" not in shown + start
             assert shown == critique.replace(f", want {task.answer}.", ".", 1).replace(
-                "\nVerdict", "\n\\Verdict") + "\n#revise\n"
+                "\nVerdict", "\n\\Verdict") + "\n"
 
 
-def test_each_prompt_ends_on_its_role_marker():
-    prompts = {
-        "pose": [roles.pose_prompt("induction", 3), roles.pose_prompt("corpus", 2, "a\n#revise\n")],
-        "solve": [roles.solve_prompt("p\n#judge\n")],
-        "judge": [roles.judge_prompt("p", "r", "s\n#solve")],
-        "revise": [roles.revise_prompt("p", "s", "c\n#revise")],
-    }
-    for role, ps in prompts.items():
-        for p in ps:
-            last = p[:-1].rsplit("\n", 1)[-1]
-            assert p.endswith("\n") and last.startswith("#" + role)
-            assert roles.role_of(p) == role
-            # the only marker lines are the template's own, whatever the inserted text held
-            markers = [line for line in p.split("\n") if line.startswith("#")]
-            assert markers[-1] == last and all(roles._is_marker(m) for m in markers)
-            assert len(markers) == {"pose": 1 + ("#doc" in p), "solve": 2, "judge": 4,
-                                    "revise": 4}[role]
-    assert roles.role_of("#problem\nx\n") is None and roles.role_of(None) is None
+def test_a_revision_starts_on_the_critiques_fix():
+    wrong = "10-1=9 (2 left)\n9-1=9 (1 left)\n9-1=8 (0 left)\nAnswer: 8"
+    fixed = "10-1=9 (2 left)\n9-1=8 (1 left)\n"
+    for fix in ("9-1=8 (1 left), not 9", "it should be 9-1=8 (1 left)"):
+        critique = f"Got 8, want 7.\nStep 2 is wrong: {fix}.\nVerdict: incorrect"
+        assert roles.revision_start(wrong, critique) == fixed
+        prompt = roles.revise_prompt("p", wrong, critique)
+        assert prompt.endswith("#revise\n" + fixed) and roles.role_of(prompt) == "revise"
+        assert roles.split_prompt(prompt) == (prompt[:-len(fixed)], fixed)
+    assert roles.revision_start(wrong, "Step 1 is wrong: it should be 10-1=9 (2 left).") == \
+        "10-1=9 (2 left)\n"
+    for critique in ("Got 8, want 7.\nVerdict: incorrect",  # no step named
+                     "Step 2 is wrong.\nVerdict: incorrect",  # named, but no fix
+                     "Step 4 is wrong: it should be Answer: 7.",  # the answer: the reviser's own
+                     "Step 9 is wrong: it should be 1+1=2.",  # past the solution's lines
+                     "Step 0 is wrong: it should be 1+1=2.",
+                     "Step 2 is wrong: it should be #judge.",  # would need escaping
+                     "Step 1 is wrong: it should be 1.\nStep 2 is wrong: it should be 2.",
+                     "Step 2 is wrong: it should be 9-1=8.\n#judge", None, b"\xff", 3):
+        assert roles.revision_start(wrong, critique) == ""
+        assert roles.revise_prompt("p", wrong, critique or "").endswith("#revise\n")
 
 
-def test_pose_prompt_rejects_bad_headers():
-    for family, level in [("a b", 1), ("", 1), ("deduction\n", 1), ("deduction", 1.5)]:
-        with pytest.raises(ValueError):
-            roles.pose_prompt(family, level)
+def test_revise_demonstrations_continue_the_start_their_prompt_ends_on():
+    """The teacher's fix is the reference's line: a demonstration's prompt ends on the reference
+    chain up to the slipped step, its completion is the rest of the chain (the whole chain after
+    a slip in the Answer line, which the reviser writes itself)."""
+    rng, started = random.Random(0), 0
+    for _ in range(20):
+        for family in tasks.FAMILIES:
+            for level in tasks.LEVELS:
+                twin = random.Random()
+                twin.setstate(rng.getstate())  # the task the demonstration is about to draw
+                task = tasks.sample(family, level, twin, "train")
+                [(prompt, completion)] = roles.demonstrations(rng, family, level, "revise")
+                start = roles.split_prompt(prompt)[1]
+                assert roles.role_of(prompt) == "revise" and task.prompt in prompt
+                assert start + completion == tasks.solve(task) and completion
+                started += bool(start)
+    assert 200 < started < 400  # most slips are in a step, about a third in the Answer line
 
-
-# ---------------------------------------------------------------- render
 
 def test_render_without_template_is_identity():
     p = roles.solve_prompt("1+1?")
@@ -125,6 +140,9 @@ def test_render_with_and_without_chat_template_on_a_real_tokenizer():
     out = roles.render(tok, p, hints=True)
     assert out == f"<user>{roles.HINTS['judge']}\n\n{p}</s><assistant>"
     assert tok.decode(tok(p)["input_ids"]) == p  # the prompt survives the char tokenizer
+    # a revision's start follows the turn: the first words of the reply, not of the request
+    r = roles.revise_prompt("1+1?", "1+1=3\nAnswer: 3", "Step 1 is wrong: 1+1=2, not 3.")
+    assert roles.render(tok, r) == f"<user>{r[:-len('1+1=2')-1]}</s><assistant>1+1=2\n"
 
 
 # ---------------------------------------------------------------- escape

@@ -23,8 +23,6 @@ import sampling
 import selfplay
 import tasks
 import train
-import update
-from loss import fused_loss, token_logprobs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--max_new_tokens=24", "--seeds=2", "--posings=2", "--solutions=2", "--batch=8",
@@ -67,62 +65,6 @@ def test_alive_both_rewards(tiny, tmp_path, reward):
     assert all(x["clip_frac"] == 0.0 for x in log)  # one epoch: the ratio is 1, nothing clips
 
 
-def rl_samples_of(prompts, completions, advantages):
-    return [update.Sample("solve", p, c, [a] * len(c))
-            for p, c, a in zip(prompts, completions, advantages)]
-
-
-PROMPTS, COMPLETIONS = [[1, 5, 6], [1, 7], [1, 9, 9, 9]], [[8, 9, 10], [11, 12], [13, 14]]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_ratio_is_exactly_one_until_the_weights_move(tiny, dtype):
-    """pi_old is taken by the loss's own arithmetic on the same micro-batches, so with frozen
-    weights every epoch's ratio is 1: with a clip range of 1e-3 nothing is clipped, in bf16 too.
-    The bf16 logits of the plain forward (what a sampler reads) are not that close: as pi_old
-    they put tokens outside the same clip range."""
-    policy, tok = M.load(tiny, dtype=dtype)
-    cfg = train.parse_args(["--clip_eps=1e-3", "--micro_batch=2"])
-    samples = rl_samples_of(PROMPTS, COMPLETIONS, [1.0, -1.0, 1.0])
-    frozen = torch.optim.SGD(policy.parameters(), lr=0.0)
-    metrics = update.train_on(policy, frozen, samples, cfg, tok.pad_token_id, "pg", epochs=3)
-    assert metrics["clip_frac"] == 0.0 and metrics["tokens"] == 7
-    if dtype == torch.bfloat16:
-        packed = M.pack(PROMPTS, COMPLETIONS, tok.pad_token_id, "cpu")
-        with torch.no_grad():
-            logits = policy.lm(input_ids=packed.input_ids).logits  # bf16
-            sampler = torch.log_softmax(logits[packed.rows, packed.cols], -1).float().gather(
-                -1, packed.targets[:, None]).squeeze(-1)
-            _, stats = M.run_head(policy, packed, lambda h, w: fused_loss(
-                h, w, packed.targets, torch.ones(7), "pg", old_logp=sampler, clip_eps=1e-3))
-        assert stats["clip_frac"] > 0
-
-
-def test_clip_fraction_counts_tokens_outside_the_trust_region(tiny):
-    """The second epoch's clipped fraction is that of the tokens whose ratio after the first step,
-    exp(log pi_1 - log pi_0) recomputed here, left the clip range on its advantage's side (above
-    1 + eps for a positive advantage, below 1 - eps for a negative one)."""
-    cfg = train.parse_args(["--grad_clip=100"])
-    advantages = [1.0, -1.0, 1.0]
-    samples = rl_samples_of(PROMPTS, COMPLETIONS, advantages)
-    packed = M.pack(PROMPTS, COMPLETIONS, 0, "cpu")
-    coef = torch.tensor([a for a, c in zip(advantages, COMPLETIONS) for _ in c])
-
-    def logp(policy):
-        return M.run_head(policy, packed, lambda h, w: token_logprobs(h, w, packed.targets))
-    policy, tok = M.load(tiny)
-    before = logp(policy)
-    one = update.train_on(policy, torch.optim.SGD(policy.parameters(), lr=3.0), samples, cfg,
-                          tok.pad_token_id, "pg", epochs=1)
-    ratio = torch.exp(logp(policy) - before)
-    expected = ((coef > 0) & (ratio > 1 + cfg.clip_eps)) | ((coef < 0) & (ratio < 1 - cfg.clip_eps))
-    policy, tok = M.load(tiny)
-    two = update.train_on(policy, torch.optim.SGD(policy.parameters(), lr=3.0), samples, cfg,
-                          tok.pad_token_id, "pg", epochs=2)
-    assert one["clip_frac"] == 0.0 and 0 < expected.sum() < len(coef)
-    assert two["clip_frac"] == pytest.approx(expected.double().mean().item())
-
-
 def scripted_roles(tok, monkeypatch, known_tasks=None, copies=False):
     """A test double for the sampler, installed in selfplay: poses distinct valid instances,
     solves right and wrong in turn (wrong = corrupted until the final answer is wrong), judges
@@ -162,17 +104,20 @@ def scripted_roles(tok, monkeypatch, known_tasks=None, copies=False):
             solved[0] += 1
             return shown_to_judge(task, text)
         first, rest = tasks.solve(task).split("\n", 1)
-        return shown_to_judge(task, f"{first}1\n{rest}" if copies else f"{first}\n{rest}")
+        text = f"{first}1\n{rest}" if copies else f"{first}\n{rest}"
+        start = roles.split_prompt(prompt)[1]  # the prompt ends on the revision's first lines
+        return shown_to_judge(task, text[len(start):] if text.startswith(start) else text)
 
     def known(problem):
         return task_of.get(problem) or sample_texts.environment[problem]
 
     def sample_texts(policy, tok_, prompts, cfg, gen):
         out = []
+        sample_texts.prompts += prompts
         for p in prompts:
             text = text_for(p)
             ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            out.append(sampling.Completion([tok.bos_token_id], ids, text, True))
+            out.append(sampling.Completion(M.encode(tok, [p])[0], ids, text, True))
         return out
 
     def recording(make):  # `make` (tasks.validate or tasks.sample), its Tasks remembered
@@ -182,7 +127,7 @@ def scripted_roles(tok, monkeypatch, known_tasks=None, copies=False):
                 sample_texts.environment[task.prompt] = task
             return task
         return made
-    sample_texts.environment, sample_texts.recording = {}, recording
+    sample_texts.environment, sample_texts.recording, sample_texts.prompts = {}, recording, []
     monkeypatch.setattr(selfplay, "sample_texts", sample_texts)
     monkeypatch.setattr(selfplay.tasks, "validate", recording(tasks.validate))
     return sample_texts
@@ -217,6 +162,14 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     # each fixed revision also joins its solutions, pulled up, in the solve prompt
     assert stats["corrected"] == [0.0, 1.0] * 16
     assert len(by_role["corrected"]) == 16 and all(min(s.coef) > 0 for s in by_role["corrected"])
+    # ... whole: the start the revise prompt gave (the critique's fix) and what the reviser wrote
+    for s in by_role["corrected"]:
+        prompt = tok.decode(s.prompt_ids, skip_special_tokens=True)
+        task = scripted.environment[prompt.split("#problem\n", 1)[1].split("\n#solve", 1)[0]]
+        assert prompt == roles.solve_prompt(task.prompt)
+        assert tok.decode(s.ids, skip_special_tokens=True) == tasks.solve(task)
+    starts = [roles.split_prompt(p)[1] for p in scripted.prompts if roles.role_of(p) == "revise"]
+    assert len(starts) == 16 and sum(map(bool, starts)) >= 8  # most slips are in a step
     assert solved and all(correct in (0.0, 1.0) for _, _, correct in solved)
     [rollout] = shown  # samples.jsonl: the whole story of the first problem
     assert rollout["valid"]
