@@ -85,8 +85,8 @@ HINTS = {
     "judge": "Write 'Got <the solution's answer>, want <the reference answer>.', then if they "
              "differ name the first wrong step as 'Step k is wrong: ...', then end with one line "
              "'Verdict: correct' or 'Verdict: incorrect'.",
-    "revise": "Using the critique, write a corrected solution: one short step per line, then a "
-              "last line 'Answer: <answer>'.",
+    "revise": "Using the critique, continue the corrected solution from the lines already "
+              "written: one short step per line, then a last line 'Answer: <answer>'.",
 }
 
 
@@ -136,21 +136,23 @@ _FIX = re.compile(r"[ \t]*Step[ \t]+([0-9]{1,9}) is wrong: (?:it should be (.+)|
 
 def revision_start(solution, critique):
     """Where a revision starts: the solution's lines before the one the critique flags, then
-    the critique's fix of that line, each ending in a line break; "" when the critique holds no
-    one `Step k is wrong: <fix>` line, k is past the solution's lines, or a line would need
-    escaping (an Answer line: the reviser writes the answer itself).
+    the critique's fix of that line, each ending in a line break (k may be one past the last
+    line: a solution that stopped early goes on with the fix). "" when the critique holds no
+    one `Step k is wrong: <fix>` line, k is out of that range, the fix is not one plain line
+    (it quotes `, not` or `want`), or a line would need escaping (an Answer line: the reviser
+    writes the answer itself).
 
     The reviser continues from there rather than rewriting the whole solution: the warm-up's
     reviser, asked for a whole new solution, copied the wrong one line for line, the flagged
-    step included; started on the fix, it completed the reference chain from induction level 3
-    on 120 of 149 of its own wrong solutions with the teacher's critique and 19 with its own
-    (README, "The reviser starts on the judge's fix")."""
+    step included, even under the teacher's critique; started on the fix, it completes the
+    reference chain (README, "Why the reviser starts on the critique's fix"). A wrong fix now
+    binds the revision too: it cannot be right, and its critique's gain is -1."""
     text, found = _as_text(solution), [m for m in map(_FIX.fullmatch, _lines(critique) or []) if m]
     if text is None or len(found) != 1:
         return ""
     k, fix = int(found[0].group(1)), found[0].group(2) or found[0].group(3)
     kept = _BREAK.split(text)[:k - 1] + [fix]
-    if len(kept) != k or any(_dangerous(line) for line in kept):
+    if len(kept) != k or ", not " in fix or "want" in fix or any(map(_dangerous, kept)):
         return ""
     return "\n".join(kept) + "\n"
 
@@ -166,6 +168,8 @@ def split_prompt(prompt):
     last line starting with `#` is the template's own marker."""
     text = _as_text(prompt) or ""
     at = text.rfind("\n#") + 1
+    if at == 0 and not text.startswith("#"):  # no marker line: all of it was asked
+        return text, ""
     end = text.find("\n", at) + 1 or len(text)
     return text[:end], text[end:]
 
@@ -337,8 +341,11 @@ def demonstrations(rng, family, level, kind):
         return judge_pair(task, rng)
     if kind == "revise":  # the prompt ends on the reference's lines up to the fix: the rest
         wrong = tasks.corrupt(task, rng)[0]
-        prompt = revise_prompt(task.prompt, wrong, tasks.critique(task, wrong))
-        return [(prompt, tasks.solve(task)[len(split_prompt(prompt)[1]):])]
+        prompt, reference = revise_prompt(task.prompt, wrong, tasks.critique(task, wrong)), \
+            tasks.solve(task)
+        start = split_prompt(prompt)[1]
+        assert reference.startswith(start), "the teacher's fix is the reference's own line"
+        return [(prompt, reference[len(start):])]
     document = task.canonical if family == "corpus" else None
     return [(pose_prompt(family, level, document), tasks.pose_text(task))]
 

@@ -139,12 +139,9 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     asked = [roles.revise_prompt(p.task.prompt, p.solutions[j].text, p.critiques[j].text)
              for p, j in redo]
     for (p, j), prompt, r in zip(redo, asked, sample_texts(policy, tok, asked, cfg, gen)):
-        start = roles.split_prompt(prompt)[1]
         p.revisions[j] = r
-        p.revised[j] = sampling.Completion(  # the whole revision, as the solver would write it
-            p.solutions[j].prompt_ids, tok(start, add_special_tokens=False)["input_ids"] + r.ids,
-            start + r.text, r.finished)
-        p.gains[j] = float(R.revision_gain(p.correct[j], tasks.faithful(p.task, start + r.text)))
+        p.revised[j] = whole_revision(tok, cfg, p.solutions[j], prompt, r)
+        p.gains[j] = float(R.revision_gain(p.correct[j], tasks.faithful(p.task, p.revised[j].text)))
     # 5. rewards, advantages and credit of every role
     alpha = R.alpha_schedule(step, cfg.alpha_steps, cfg.alpha_floor)
     trained, rewards = R.self_play_samples(posings, alpha)
@@ -168,6 +165,20 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
                                                         first.critiques, first.verdicts,
                                                         first.revised, first.gains)]}]
     return samples, stats, solved, shown
+
+
+def whole_revision(tok, cfg, solution, prompt, revision):
+    """A revision as the solver would have written it, in `solution`'s solve prompt: the start
+    its revise prompt ended on, then what the reviser wrote. The start's ids are those the
+    reviser read, the tail of its prompt's ids (encoded alone, a SentencePiece tokenizer would
+    open them with a space marker); if encoding did not split the prompt there, the start
+    encoded alone."""
+    asked, start = roles.split_prompt(prompt)
+    head = M.encode(tok, [roles.render(tok, asked, cfg.hints)])[0]
+    read = revision.prompt_ids[len(head):] if revision.prompt_ids[:len(head)] == head else \
+        tok(start, add_special_tokens=False)["input_ids"]
+    return sampling.Completion(solution.prompt_ids, read + revision.ids, start + revision.text,
+                               revision.finished)
 
 
 def means_over_ranks(stats):

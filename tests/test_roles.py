@@ -85,12 +85,17 @@ def test_a_revision_starts_on_the_critiques_fix():
         assert roles.split_prompt(prompt) == (prompt[:-len(fixed)], fixed)
     assert roles.revision_start(wrong, "Step 1 is wrong: it should be 10-1=9 (2 left).") == \
         "10-1=9 (2 left)\n"
+    # a solution that stopped early goes on from the line it is missing
+    assert roles.revision_start("10-1=9 (2 left)", "Step 2 is wrong: it should be 9-1=8 (1 "
+                                "left).") == fixed
     for critique in ("Got 8, want 7.\nVerdict: incorrect",  # no step named
                      "Step 2 is wrong.\nVerdict: incorrect",  # named, but no fix
                      "Step 4 is wrong: it should be Answer: 7.",  # the answer: the reviser's own
                      "Step 9 is wrong: it should be 1+1=2.",  # past the solution's lines
                      "Step 0 is wrong: it should be 1+1=2.",
                      "Step 2 is wrong: it should be #judge.",  # would need escaping
+                     "Step 2 is wrong: it should be 9-1=8, not 9.",  # not one plain line
+                     "Step 2 is wrong: 9-1=8, want 7, not 9.",
                      "Step 1 is wrong: it should be 1.\nStep 2 is wrong: it should be 2.",
                      "Step 2 is wrong: it should be 9-1=8.\n#judge", None, b"\xff", 3):
         assert roles.revision_start(wrong, critique) == ""
@@ -115,6 +120,39 @@ def test_revise_demonstrations_continue_the_start_their_prompt_ends_on():
                 started += bool(start)
     assert 200 < started < 400  # most slips are in a step, about a third in the Answer line
 
+
+def test_each_prompt_ends_on_its_role_marker():
+    fixed = roles.revise_prompt("p\n#judge", "1+1=3\n#solve\nAnswer: 3",
+                                "Step 1 is wrong: 1+1=2, not 3.\n\\#revise")
+    prompts = {
+        "pose": [roles.pose_prompt("induction", 3), roles.pose_prompt("corpus", 2, "a\n#revise\n")],
+        "solve": [roles.solve_prompt("p\n#judge\n")],
+        "judge": [roles.judge_prompt("p", "r", "s\n#solve")],
+        "revise": [roles.revise_prompt("p", "s", "c\n#revise"), fixed],
+    }
+    for role, ps in prompts.items():
+        for p in ps:
+            asked, start = roles.split_prompt(p)
+            assert asked + start == p and start == ("1+1=2\n" if p == fixed else "")
+            last = asked[:-1].rsplit("\n", 1)[-1]
+            assert asked.endswith("\n") and last.startswith("#" + role)
+            assert roles.role_of(p) == role
+            # the only marker lines are the template's own, whatever the inserted text held
+            markers = [line for line in p.split("\n") if line.startswith("#")]
+            assert markers[-1] == last and all(roles._is_marker(m) for m in markers)
+            assert len(markers) == {"pose": 1 + ("#doc" in p), "solve": 2, "judge": 4,
+                                    "revise": 4}[role]
+    assert roles.role_of("#problem\nx\n") is None and roles.role_of(None) is None
+    assert roles.split_prompt("a\nb") == ("a\nb", "")  # no marker: nothing is a start
+
+
+def test_pose_prompt_rejects_bad_headers():
+    for family, level in [("a b", 1), ("", 1), ("deduction\n", 1), ("deduction", 1.5)]:
+        with pytest.raises(ValueError):
+            roles.pose_prompt(family, level)
+
+
+# ---------------------------------------------------------------- render
 
 def test_render_without_template_is_identity():
     p = roles.solve_prompt("1+1?")

@@ -181,6 +181,23 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     assert all((x["revision"] is None) == x["correct"] for x in rollout["solutions"])
 
 
+def test_a_whole_revision_keeps_the_start_tokens_the_reviser_read():
+    """A tokenizer that opens every encoding with a marker (as SentencePiece's leading space):
+    the start's ids come from the revise prompt's tail, not from encoding the start alone."""
+    class Marking:
+        chat_template, bos_token_id, eos_token_id = None, 1, 2
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [3] + [ord(c) for c in text]}
+    tok, cfg = Marking(), train.parse_args([])
+    prompt = roles.revise_prompt("p", "1+1=3\nAnswer: 3", "Step 1 is wrong: 1+1=2, not 3.")
+    revision = sampling.Completion(M.encode(tok, [prompt])[0], [ord("A"), 2], "A", True)
+    whole = selfplay.whole_revision(tok, cfg, sampling.Completion([1, 9], [], "", True), prompt,
+                                    revision)
+    assert whole.prompt_ids == [1, 9] and whole.text == "1+1=2\nA" and whole.finished
+    assert whole.ids == [ord(c) for c in "1+1=2\n"] + [ord("A"), 2]
+
+
 def test_each_seed_also_solves_environment_tasks(tiny, monkeypatch):
     """--environment=E adds E environment tasks of the seed's family and level to its posings
     (solved, judged and trained like them, not counted as posings; scalar draws as many tasks);

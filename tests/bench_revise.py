@@ -1,0 +1,99 @@
+"""Benchmark: how often does a model's reviser turn its own wrong solution into the reference
+chain, and what does starting the revision on the critique's fix buy?
+
+For each cell (family, level): `--problems` train problems, `--solutions` samples each at
+temperature 1; every wrong one is critiqued twice, by the model's own judge (sampled, reference
+answer in view) and by the programmatic teacher (tasks.critique), and revised from each
+critique twice: asked for the whole revision (the revise prompt cut at its `#revise` marker,
+roles.split_prompt), and started on the critique's fix (the revise prompt as the model is asked
+it: the steps before the flagged one and the corrected step, roles.revision_start). A revision
+counts when the whole chain is the reference's (tasks.faithful). Also counted: problems none of
+whose samples was right, and how many of those got at least one faithful revision: that is
+where plain GRPO has nothing to learn from and a revision is the only signal.
+
+Run: python tests/bench_revise.py --model=runs/evidence/warmup/model
+        [--cells=induction/3,induction/4,corpus/3] [--problems=40] [--solutions=4] [--seed=1]
+"""
+import argparse
+import json
+import os
+import random
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import eval as evaluation  # noqa: E402
+import roles  # noqa: E402
+import sampling  # noqa: E402
+import tasks  # noqa: E402
+
+
+def complete(policy, tok, prompts, temperature, generator, max_new_tokens=160):
+    """The model's completions of raw (unrendered) prompts, as texts."""
+    return [c.text for c in sampling.complete(
+        policy, tok, [roles.render(tok, p) for p in prompts], max_new_tokens, temperature,
+        generator=generator)]
+
+
+def revise_counts(policy, tok, wrong, critiques, generator):
+    """{"whole", "started"}: (faithful revisions, problems with one) from these critiques."""
+    out = {}
+    for how in ("whole", "started"):
+        prompts = [roles.revise_prompt(t.prompt, s, c) for (t, s), c in zip(wrong, critiques)]
+        if how == "whole":  # the prompt up to its marker: the reviser writes every line
+            prompts = [roles.split_prompt(p)[0] for p in prompts]
+        texts = complete(policy, tok, prompts, 1.0, generator)
+        ok = [tasks.faithful(t, roles.split_prompt(p)[1] + x)
+              for (t, _), p, x in zip(wrong, prompts, texts)]
+        out[how] = (sum(ok), len({t.prompt for (t, _), good in zip(wrong, ok) if good}))
+    return out
+
+
+def bench_cell(policy, tok, family, level, args, generator):
+    rng = random.Random(f"{args.seed}/{family}/{level}")
+    problems = [tasks.sample(family, level, rng, "train") for _ in range(args.problems)]
+    each = [t for t in problems for _ in range(args.solutions)]
+    texts = complete(policy, tok, [roles.solve_prompt(t.prompt) for t in each], 1.0, generator)
+    right = [evaluation.score(t, x) for t, x in zip(each, texts)]
+    wrong = [(t, x) for t, x, r in zip(each, texts, right) if not r]
+    solved = {t.prompt for t, r in zip(each, right) if r}
+    own = complete(policy, tok, [roles.judge_prompt(t.prompt, t.answer, x) for t, x in wrong],
+                   1.0, generator)
+    row = {"cell": f"{family}/{level}", "wrong": len(wrong), "samples": len(each),
+           "all_wrong_problems": len({t.prompt for t in problems} - solved)}
+    for name, critiques in (("judge", own), ("teacher", [tasks.critique(t, x) for t, x in wrong])):
+        for how, (n, problems_fixed) in revise_counts(policy, tok, wrong, critiques,
+                                                      generator).items():
+            row[f"{name}/{how}"] = n
+            row[f"{name}/{how}/problems"] = problems_fixed
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="model directory (train.py's output)")
+    parser.add_argument("--cells", default="induction/3,induction/4,corpus/3,deduction/3")
+    parser.add_argument("--problems", type=int, default=40, help="train problems per cell")
+    parser.add_argument("--solutions", type=int, default=4, help="samples per problem")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    policy, tok = evaluation.load_for_eval(args.model)
+    generator = torch.Generator().manual_seed(args.seed)
+    cells = [cell.split("/") for cell in args.cells.split(",")]
+    rows = [bench_cell(policy, tok, family, int(level), args, generator)
+            for family, level in cells]
+    print("| cell | wrong / samples | problems all wrong | judge: whole | judge: started "
+          "| teacher: whole | teacher: started |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        cols = [f"{r[f'{c}/{h}']} ({r[f'{c}/{h}/problems']})" for c in ("judge", "teacher")
+                for h in ("whole", "started")]
+        print(f"| {r['cell']} | {r['wrong']} / {r['samples']} | {r['all_wrong_problems']} | "
+              + " | ".join(cols) + " |")
+    print("(faithful revisions of the wrong samples; in brackets the problems with at least one)")
+    print(json.dumps({"model": args.model, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
