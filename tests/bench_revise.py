@@ -13,6 +13,7 @@ where plain GRPO has nothing to learn from and a revision is the only signal.
 
 Run: python tests/bench_revise.py --model=runs/evidence/warmup/model
         [--cells=induction/3,induction/4,corpus/3] [--problems=40] [--solutions=4] [--seed=1]
+        [--revise_temperature=1.0]
 """
 import argparse
 import json
@@ -36,14 +37,14 @@ def complete(policy, tok, prompts, temperature, generator, max_new_tokens=160):
         generator=generator)]
 
 
-def revise_counts(policy, tok, wrong, critiques, generator):
+def revise_counts(policy, tok, wrong, critiques, generator, temperature):
     """{"whole", "started"}: (faithful revisions, problems with one) from these critiques."""
     out = {}
     for how in ("whole", "started"):
         prompts = [roles.revise_prompt(t.prompt, s, c) for (t, s), c in zip(wrong, critiques)]
         if how == "whole":  # the prompt up to its marker: the reviser writes every line
             prompts = [roles.split_prompt(p)[0] for p in prompts]
-        texts = complete(policy, tok, prompts, 1.0, generator)
+        texts = complete(policy, tok, prompts, temperature, generator)
         ok = [tasks.faithful(t, roles.split_prompt(p)[1] + x)
               for (t, _), p, x in zip(wrong, prompts, texts)]
         out[how] = (sum(ok), len({t.prompt for (t, _), good in zip(wrong, ok) if good}))
@@ -63,8 +64,8 @@ def bench_cell(policy, tok, family, level, args, generator):
     row = {"cell": f"{family}/{level}", "wrong": len(wrong), "samples": len(each),
            "all_wrong_problems": len({t.prompt for t in problems} - solved)}
     for name, critiques in (("judge", own), ("teacher", [tasks.critique(t, x) for t, x in wrong])):
-        for how, (n, problems_fixed) in revise_counts(policy, tok, wrong, critiques,
-                                                      generator).items():
+        for how, (n, problems_fixed) in revise_counts(policy, tok, wrong, critiques, generator,
+                                                      args.revise_temperature).items():
             row[f"{name}/{how}"] = n
             row[f"{name}/{how}/problems"] = problems_fixed
     return row
@@ -77,6 +78,8 @@ def main():
     parser.add_argument("--problems", type=int, default=40, help="train problems per cell")
     parser.add_argument("--solutions", type=int, default=4, help="samples per problem")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--revise_temperature", type=float, default=1.0,
+                        help="revisions' sampling temperature (self-play samples at 1)")
     args = parser.parse_args()
     policy, tok = evaluation.load_for_eval(args.model)
     generator = torch.Generator().manual_seed(args.seed)
@@ -91,7 +94,8 @@ def main():
                 for h in ("whole", "started")]
         print(f"| {r['cell']} | {r['wrong']} / {r['samples']} | {r['all_wrong_problems']} | "
               + " | ".join(cols) + " |")
-    print("(faithful revisions of the wrong samples; in brackets the problems with at least one)")
+    print(f"(faithful revisions of the wrong samples, revised at temperature "
+          f"{args.revise_temperature}; in brackets the problems with at least one)")
     print(json.dumps({"model": args.model, "rows": rows}))
 
 
