@@ -144,7 +144,7 @@ def revision_start(solution, critique):
 
     The reviser continues from there rather than rewriting the whole solution: the warm-up's
     reviser, asked for a whole new solution, copied the wrong one line for line, the flagged
-    step included, even under the teacher's critique; started on the fix, it completes the
+    step included, even under the teacher's critique; started on the fix, it often completes the
     reference chain (README, "Why the reviser starts on the critique's fix"). A wrong fix now
     binds the revision too: it cannot be right, and its critique's gain is -1."""
     text, found = _as_text(solution), [m for m in map(_FIX.fullmatch, _lines(critique) or []) if m]
