@@ -199,7 +199,7 @@ def self_correction_metrics(generate_fn, items, solutions, before):
     verdicts = [roles.parse_verdict(c) for c in critiques]
     redo = [i for i, v in enumerate(verdicts) if v is not True]
     asked = [roles.revise_prompt(items[i].prompt, solutions[i], critiques[i]) for i in redo]
-    revisions = [roles.split_prompt(prompt)[1] + text  # the revision's start, then the rest
+    revisions = [roles.revision(prompt, text)
                  for prompt, text in zip(asked, generate_fn(asked, 0.0) if redo else [])]
     after, chained = list(before), 0  # chained: wrong -> the reference chain, step for step
     for i, text in zip(redo, revisions):

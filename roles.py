@@ -50,7 +50,8 @@ anything off-format is None, which the caller scores as wrong or invalid.
     parse_pose     the posed text stripped; None if empty or if escaping would
                    change it (so the solver sees exactly what was posed).
     revision_start the lines a revision starts from (above); "" when the critique
-                   names no step with a fix in the teacher's words.
+                   names no step with a fix in the teacher's words. `revision` puts
+                   them back in front of what the reviser wrote.
 
 Run the tests: python -m pytest -q tests/test_roles.py
 """
@@ -172,6 +173,11 @@ def split_prompt(prompt):
         return text, ""
     end = text.find("\n", at) + 1 or len(text)
     return text[:end], text[end:]
+
+
+def revision(prompt, completion):
+    """The whole revision: the start a revise prompt ended on, then what the reviser wrote."""
+    return split_prompt(prompt)[1] + completion
 
 
 def role_of(prompt):

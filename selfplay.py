@@ -177,8 +177,8 @@ def whole_revision(tok, cfg, solution, prompt, revision):
     head = M.encode(tok, [roles.render(tok, asked, cfg.hints)])[0]
     read = revision.prompt_ids[len(head):] if revision.prompt_ids[:len(head)] == head else \
         tok(start, add_special_tokens=False)["input_ids"]
-    return sampling.Completion(solution.prompt_ids, read + revision.ids, start + revision.text,
-                               revision.finished)
+    return sampling.Completion(solution.prompt_ids, read + revision.ids,
+                               roles.revision(prompt, revision.text), revision.finished)
 
 
 def means_over_ranks(stats):
@@ -260,7 +260,7 @@ def refine_step(policy, optimizer, tok, cfg, step, rank, state):
 
     def revise(ps, solutions, critiques):
         prompts = [roles.revise_prompt(p, s, c) for p, s, c in zip(ps, solutions, critiques)]
-        return [roles.split_prompt(asked)[1] + r.text  # its start, then what the model wrote
+        return [roles.revision(asked, r.text)
                 for asked, r in zip(prompts, sample_texts(policy, tok, prompts, cfg, gen))]
 
     policy.eval()

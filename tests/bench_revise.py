@@ -45,7 +45,7 @@ def revise_counts(policy, tok, wrong, critiques, generator, temperature):
         if how == "whole":  # the prompt up to its marker: the reviser writes every line
             prompts = [roles.split_prompt(p)[0] for p in prompts]
         texts = complete(policy, tok, prompts, temperature, generator)
-        ok = [tasks.faithful(t, roles.split_prompt(p)[1] + x)
+        ok = [tasks.faithful(t, roles.revision(p, x))
               for (t, _), p, x in zip(wrong, prompts, texts)]
         out[how] = (sum(ok), len({t.prompt for (t, _), good in zip(wrong, ok) if good}))
     return out

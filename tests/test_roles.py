@@ -83,6 +83,7 @@ def test_a_revision_starts_on_the_critiques_fix():
         prompt = roles.revise_prompt("p", wrong, critique)
         assert prompt.endswith("#revise\n" + fixed) and roles.role_of(prompt) == "revise"
         assert roles.split_prompt(prompt) == (prompt[:-len(fixed)], fixed)
+        assert roles.revision(prompt, "8-1=7 (0 left)") == fixed + "8-1=7 (0 left)"
     assert roles.revision_start(wrong, "Step 1 is wrong: it should be 10-1=9 (2 left).") == \
         "10-1=9 (2 left)\n"
     # a solution that stopped early goes on from the line it is missing
