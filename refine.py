@@ -19,7 +19,8 @@
    wrong ones: only a critique not saying "correct" is revised and can earn a gain, which in
    one group would make accepting a right solution score below the mean and teach the judge
    to reject); a group whose rewards are all equal is dropped. Token credit: a solution with
-   A < 0 whose critique names its first wrong step k takes A on steps k.. and 0 before.
+   A < 0 whose critique names its first wrong step k takes A on steps k.. and 0 before (k as
+   the environment audits it, selfplay.audited_pointer: a k past the first wrong step is none).
    The per-token coefficients c_t = A x credit are what loss.fused_loss consumes.
 
 3. Refinement (AvR): rounds of critique -> revise, preference pairs, long refinement thoughts.

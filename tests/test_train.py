@@ -181,6 +181,25 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     assert all((x["revision"] is None) == x["correct"] for x in rollout["solutions"])
 
 
+def test_the_environment_keeps_a_pointer_only_where_the_steps_before_it_are_right():
+    """Token credit spares the steps before the judge's pointer, so a pointer past the first
+    wrong step (which would spare it) is dropped; one at or before it is kept."""
+    rng = random.Random(1)
+    task = tasks.sample("induction", 2, rng)
+    bad, k = tasks.corrupt(task, rng)
+    while k < 2 or k > len(task.steps):  # a slip in a step after the first
+        bad, k = tasks.corrupt(task, rng)
+
+    def naming(j):
+        return f"Got 1, want {task.answer}.\nStep {j} is wrong: it should be 1+1=2.\n" \
+            "Verdict: incorrect"
+    assert [selfplay.audited_pointer(task, bad, naming(j)) for j in (1, k, k + 1)] == [1, k, None]
+    assert selfplay.audited_pointer(task, bad, "Verdict: incorrect") is None  # names no step
+    assert selfplay.audited_pointer(task, tasks.solve(task), naming(2)) == 2  # no wrong step
+    unknown = tasks.Task("jsonl", 0, "2+2?", "4")  # no reference steps: only step 1 stands
+    assert selfplay.audited_pointer(unknown, "2+2=5\nAnswer: 5", naming(2)) is None
+
+
 def test_a_whole_revision_keeps_the_start_tokens_the_reviser_read():
     """A tokenizer that opens every encoding with a marker (as SentencePiece's leading space):
     the start's ids come from the revise prompt's tail, not from encoding the start alone."""
