@@ -19,8 +19,8 @@
    wrong ones: only a critique not saying "correct" is revised and can earn a gain, which in
    one group would make accepting a right solution score below the mean and teach the judge
    to reject); a group whose rewards are all equal is dropped. Token credit: a solution with
-   A < 0 whose critique names its first wrong step k takes A on steps k.. and 0 before (k as
-   the environment audits it, selfplay.audited_pointer: a k past the first wrong step is none).
+   A < 0 whose critique names its first wrong step k takes A on steps k.. and 0 before; a k the
+   environment finds past the first wrong step is dropped (selfplay.audited_pointer: A whole).
    The per-token coefficients c_t = A x credit are what loss.fused_loss consumes.
 
 3. Refinement (AvR): rounds of critique -> revise, preference pairs, long refinement thoughts.
@@ -171,11 +171,12 @@ def group_advantages(rewards, group_ids, eps=1e-6):
 def token_credit(advantage, step_of_token, flagged_step):
     """Per-token coefficients of one solution: its advantage on every token, except that a
     negative advantage with the judge's pointer at step k (1-based) spares the steps before k,
-    which the judge accepted: the blame lands where the error starts."""
+    which the judge accepted: the blame lands where the error starts (on the last step if k is
+    past it: a solution that stopped short, whose missing step has no tokens)."""
     steps = torch.as_tensor(step_of_token)
     credit = torch.full(steps.shape, float(advantage), dtype=torch.float64)
-    if advantage < 0 and flagged_step is not None:
-        credit[steps < flagged_step] = 0.0
+    if advantage < 0 and flagged_step is not None and steps.numel():
+        credit[steps < min(flagged_step, int(steps.max()))] = 0.0
     return credit
 
 

@@ -169,14 +169,15 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
 
 
 def audited_pointer(task, solution, critique):
-    """The step k the critique names as the solution's first wrong one, if the environment
-    agrees that every step before k is right (the teacher's first wrong step is k or later);
+    """The step k the critique names as the solution's first wrong one, if the environment finds
+    every step before k right (its first wrong step, tasks.first_wrong_step, is k or later);
     else None, and the solution takes its advantage whole. Token credit spares the steps before
-    k, so a pointer past the first error would spare wrong steps; unchecked, the judge's late
+    k, so a pointer past the first error would spare wrong steps: unchecked, the judge's late
     pointers (on its own solutions it named the teacher's step 13 times in 152 at induction
-    level 3, often the Answer line) taught the solver answers that follow from none of its
-    steps, and abduction fell below chance under self-play (README)."""
-    k, first = roles.parse_pointer(critique), roles.parse_pointer(tasks.critique(task, solution))
+    level 3, often flagging the Answer line) taught answers that follow from none of the steps,
+    and abduction fell below chance under self-play (README). A task without reference steps
+    (JSONL) keeps only k = 1, which spares nothing."""
+    k, first = roles.parse_pointer(critique), tasks.first_wrong_step(task, solution)
     return k if k is not None and (first is None or k <= first) else None
 
 

@@ -150,6 +150,8 @@ def test_token_credit_blames_from_the_flagged_step_on():
     assert token_credit(-0.5, steps, None).tolist() == [-0.5] * 7
     assert token_credit(0.8, steps, 2).tolist() == pytest.approx([0.8] * 7)
     assert token_credit(-1.0, torch.tensor(steps), 1).tolist() == [-1.0] * 7
+    # a pointer past the last step (the solution stopped short) blames the last step
+    assert token_credit(-0.5, steps, 9).tolist() == [0, 0, 0, 0, -0.5, -0.5, -0.5]
 
 
 def test_refinement_pairs():

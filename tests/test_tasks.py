@@ -224,6 +224,25 @@ def test_check_accepts_surface_forms_and_rejects_other_answers():
             assert not tasks.check(t, tasks.corrupt(t, random.Random(1))[0].split(": ")[-1])
 
 
+def test_first_wrong_step_is_where_a_solution_leaves_the_reference():
+    """The teacher's pointer, whatever the answer: the first line unlike the reference's (up to
+    spacing and case), where a solution that stopped short ends; None for the reference."""
+    task = tasks.sample("induction", 2, random.Random(0))
+    lines = tasks.solve(task).split("\n")
+    assert tasks.first_wrong_step(task, " " + tasks.solve(task).upper()) is None
+    for k in range(1, len(lines) + 1):
+        assert tasks.first_wrong_step(task, "\n".join(lines[:k - 1] + ["1+1=3"] + lines[k:])) == k
+    guessed = "\n".join(["1+1=3"] + lines[1:])  # the right answer under a wrong first step
+    assert tasks.check(task, tasks.answer_of(guessed))
+    assert tasks.first_wrong_step(task, guessed) == 1
+    assert tasks.first_wrong_step(task, "\n".join(lines[:2])) == 3  # step 3 is missing
+    longer = "\n".join(lines[:-1] + ["9+9=18"] + lines[-1:])  # a line too many before the Answer
+    assert tasks.first_wrong_step(task, longer) == len(lines)
+    unknown = tasks.Task("jsonl", 0, "2+2?", "4")  # no reference steps: only the Answer line
+    assert tasks.first_wrong_step(unknown, "2+2=4\nAnswer: 4") == 1
+    assert tasks.first_wrong_step(unknown, "Answer: 4") is None
+
+
 @pytest.mark.parametrize("family", tasks.FAMILIES)
 def test_faithful_needs_every_step_not_only_the_answer(family):
     for t in draws(family, 3, 30):

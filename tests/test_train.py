@@ -181,23 +181,33 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     assert all((x["revision"] is None) == x["correct"] for x in rollout["solutions"])
 
 
-def test_the_environment_keeps_a_pointer_only_where_the_steps_before_it_are_right():
-    """Token credit spares the steps before the judge's pointer, so a pointer past the first
-    wrong step (which would spare it) is dropped; one at or before it is kept."""
-    rng = random.Random(1)
-    task = tasks.sample("induction", 2, rng)
-    bad, k = tasks.corrupt(task, rng)
-    while k < 2 or k > len(task.steps):  # a slip in a step after the first
-        bad, k = tasks.corrupt(task, rng)
+def test_a_pointer_past_the_first_wrong_step_is_dropped(tiny, monkeypatch):
+    """Token credit spares the steps before the judge's pointer; a judge that names the step after
+    the first wrong one would spare that one, so the environment drops its pointer and every
+    wrong solution takes its advantage on every token."""
+    policy, tok = M.load(tiny)
+    scripted = scripted_roles(tok, monkeypatch)
 
-    def naming(j):
-        return f"Got 1, want {task.answer}.\nStep {j} is wrong: it should be 1+1=2.\n" \
-            "Verdict: incorrect"
-    assert [selfplay.audited_pointer(task, bad, naming(j)) for j in (1, k, k + 1)] == [1, k, None]
-    assert selfplay.audited_pointer(task, bad, "Verdict: incorrect") is None  # names no step
-    assert selfplay.audited_pointer(task, tasks.solve(task), naming(2)) == 2  # no wrong step
-    unknown = tasks.Task("jsonl", 0, "2+2?", "4")  # no reference steps: only step 1 stands
-    assert selfplay.audited_pointer(unknown, "2+2=5\nAnswer: 5", naming(2)) is None
+    def one_step_late(policy_, tok_, prompts, cfg, gen):
+        out = scripted(policy_, tok_, prompts, cfg, gen)
+        for i, (prompt, c) in enumerate(zip(prompts, out)):
+            k = roles.parse_pointer(c.text) if roles.role_of(prompt) == "judge" else None
+            if k:
+                text = c.text.replace(f"Step {k} ", f"Step {k + 1} ")
+                ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                out[i] = sampling.Completion(c.prompt_ids, ids, text, True)
+        return out
+    monkeypatch.setattr(selfplay, "sample_texts", one_step_late)
+    cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
+                            "--solutions=4", "--environment=0"])
+    samples = selfplay.alive_rollouts(policy, tok, cfg, [("deduction", 2), ("induction", 2)],
+                                      random.Random(0), None, step=0)[0]
+    solved = [s.coef for s in samples if s.role == "solve"]
+    assert any(c[0] < 0 for c in solved) and all(0 not in c for c in solved)
+    task = tasks.sample("induction", 2, random.Random(1))
+    late = f"Got 1, want {task.answer}.\nStep 2 is wrong: it should be 1+1=2.\nVerdict: incorrect"
+    assert selfplay.audited_pointer(task, tasks.solve(task), late) == 2  # no wrong step to spare
+    assert selfplay.audited_pointer(task, "x\n" + tasks.solve(task), late) is None
 
 
 def test_a_whole_revision_keeps_the_start_tokens_the_reviser_read():
