@@ -24,6 +24,8 @@ Item i gives x_i in [0, 1]; over n items p = (1/n) sum_i x_i, se = sqrt(sum_i (x
                    that are the reference chain (tasks.faithful: a right answer under
                    wrong steps is a guess or a copy, not a correction);
                    `verdict_agreement`: its verdict vs tasks.check
+  by item          `greedy_by_item`: [family, level, 0/1, problem hash] per item; two models scored
+                   on the same items differ by mean(x_i - x'_i) with se from those differences
   posing           n_pose pose prompts at T: validity = share parse_pose reads and tasks.validate
                    accepts (contract `pose_validity`), distinct valid / valid, greedy solve_rate
 With `data=FILE` (JSONL {"question", "answer"}) accuracy and self-correction use its items; judge
@@ -38,6 +40,7 @@ inside `model.gathered_for_rollout(policy)` on every rank. Tests: pytest -q test
 """
 import argparse
 import collections
+import hashlib
 import json
 import math
 import os
@@ -285,6 +288,7 @@ def evaluate(generate_fn, families=tasks.FAMILIES, levels=tasks.LEVELS, n=None, 
         "self_correction": fixes or {"wrong_to_right": None, "right_to_wrong": None},
         "pose_validity": pose["validity"]["overall"]["mean"] if pose else None,
         "greedy": table, "sampled": solver["sampled"], "judge": judge, "pose": pose,
+        "greedy_by_item": [[t.family, t.level, c, item_id(t)] for t, c in zip(items, correct)],
         "distinct": len({t.prompt for t in items}), "skipped": skipped,
         "config": {"families": list(families), "levels": list(levels), "seed": seed,
                    "samples": samples, "temperature": temperature, "n_judge": n_judge,
@@ -321,6 +325,22 @@ def pooled(stats):
     return {"mean": p, "se": math.sqrt(p * (1 - p) / n), "n": n}
 
 
+def item_id(task):
+    """A short stable name of an item's problem (reports scored the same items if theirs agree)."""
+    return hashlib.sha256(task.prompt.encode()).hexdigest()[:12]
+
+
+def paired_difference(report, base, levels_from=3):
+    """Mean and standard error of report's greedy score minus base's, item by item, on the items
+    of levels >= levels_from; None unless both scored the same items (eval's default split and
+    seed). On shared items this is the standard error of the difference: models that agree on
+    most items differ by less noise than their two separate errors add up to."""
+    mine, theirs = report.get("greedy_by_item"), base.get("greedy_by_item")
+    if not mine or not theirs or [x[3] for x in mine] != [x[3] for x in theirs]:
+        return None
+    return mean_se([a[2] - b[2] for a, b in zip(mine, theirs) if int(a[1]) >= levels_from])
+
+
 def comparison_table(reports):
     """A markdown table with one column per evaluated model (`{name: evaluate(...)}`)."""
     names = list(reports)
@@ -331,6 +351,9 @@ def comparison_table(reports):
              for lv in levels]
     rows.append(("accuracy, levels 3 and up", lambda r: pooled(
         [r["greedy"]["level"].get(lv) for lv in levels if int(lv) >= 3])))
+    base = reports[names[0]]
+    rows.append((f"... minus {names[0]}'s, item by item", lambda r: None if r is base else
+                 paired_difference(r, base)))
     rows += [(f"accuracy, {f}", lambda r, f=f: r["greedy"]["family"].get(f)) for f in families]
     rows.append(("pass@1 sampled", lambda r: (r["sampled"] or {}).get("pass@1", {}).get("overall")))
     rows += [("judge agreement", lambda r: (r["judge"] or {}).get("agreement", {}).get("overall")),

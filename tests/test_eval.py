@@ -251,6 +251,35 @@ def test_comparison_table_with_and_without_the_judge():
     assert rows["held-out items (n)"] == ["40", "40"]
 
 
+def test_a_difference_on_the_same_items_is_measured_item_by_item():
+    """The paired row: the mean and standard error of the per-item differences from the first
+    column on levels 3 and up (brute force here), smaller than the two separate errors combined
+    when the models agree on most items; none for the first column or for other items."""
+    known = {**known_items(n=40, seed=3), **known_items(n=40, seed=4)}
+
+    def one(task):  # right on about two items in three
+        return int(ev.item_id(task), 16) % 3 != 0
+
+    def two(task):  # ... and on every item of level 4
+        return one(task) or task.level == 4
+    base, better, elsewhere = (ev.evaluate(double(known, solve=f), **{**SMALL, "n_judge": 0,
+                                                                        "n_pose": 0, "seed": s})
+                               for f, s in ((one, 3), (two, 3), (two, 4)))
+    diffs = [b[2] - a[2] for a, b in zip(base["greedy_by_item"], better["greedy_by_item"])
+             if a[1] >= 3]
+    mean = sum(diffs) / len(diffs)
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / len(diffs)) / math.sqrt(len(diffs))
+    got = ev.paired_difference(better, base)
+    assert got["n"] == 24 and got["mean"] == pytest.approx(mean, abs=1e-6)
+    assert got["se"] == pytest.approx(se, abs=1e-6)
+    assert 0 < got["mean"] and got["se"] < math.hypot(*(ev.pooled(
+        [r["greedy"]["level"][lv] for lv in ("3", "4", "5")])["se"] for r in (base, better)))
+    assert ev.paired_difference(elsewhere, base) is None  # another seed: other items
+    row = [line for line in ev.comparison_table({"w": base, "a": better, "b": elsewhere})
+           .split("\n") if line.startswith("| ... minus w's")][0]
+    assert row == f"| ... minus w's, item by item | - | {ev._cell(got)} | - |"
+
+
 def test_jsonl_data_set(tmp_path):
     path = tmp_path / "set.jsonl"
     path.write_text('{"question": "What is 2+2?", "answer": "4"}\n'
