@@ -9,7 +9,8 @@ roles.split_prompt), and started on the critique's fix (the revise prompt as the
 it: the steps before the flagged one and the corrected step, roles.revision_start). A revision
 counts when the whole chain is the reference's (tasks.faithful). Also counted: problems none of
 whose samples was right, and how many of those got at least one faithful revision: that is
-where plain GRPO has nothing to learn from and a revision is the only signal.
+where plain GRPO has nothing to learn from and a revision is the only signal, and how often the
+judge's pointer (its `Step k`) is the teacher's first wrong step.
 
 Run: python tests/bench_revise.py --model=runs/evidence/warmup/model
         [--cells=induction/3,induction/4,corpus/3] [--problems=40] [--solutions=4] [--seed=1]
@@ -61,9 +62,12 @@ def bench_cell(policy, tok, family, level, args, generator):
     solved = {t.prompt for t, r in zip(each, right) if r}
     own = complete(policy, tok, [roles.judge_prompt(t.prompt, t.answer, x) for t, x in wrong],
                    1.0, generator)
+    teacher = [tasks.critique(t, x) for t, x in wrong]
     row = {"cell": f"{family}/{level}", "wrong": len(wrong), "samples": len(each),
-           "all_wrong_problems": len({t.prompt for t in problems} - solved)}
-    for name, critiques in (("judge", own), ("teacher", [tasks.critique(t, x) for t, x in wrong])):
+           "all_wrong_problems": len({t.prompt for t in problems} - solved),
+           "judge_names_the_teachers_step": sum(roles.parse_pointer(a) == roles.parse_pointer(b)
+                                                for a, b in zip(own, teacher))}
+    for name, critiques in (("judge", own), ("teacher", teacher)):
         for how, (n, problems_fixed) in revise_counts(policy, tok, wrong, critiques, generator,
                                                       args.revise_temperature).items():
             row[f"{name}/{how}"] = n
@@ -86,14 +90,14 @@ def main():
     cells = [cell.split("/") for cell in args.cells.split(",")]
     rows = [bench_cell(policy, tok, family, int(level), args, generator)
             for family, level in cells]
-    print("| cell | wrong / samples | problems all wrong | judge: whole | judge: started "
-          "| teacher: whole | teacher: started |")
-    print("|---|---|---|---|---|---|---|")
+    print("| cell | wrong / samples | problems all wrong | judge names the teacher's step "
+          "| judge: whole | judge: started | teacher: whole | teacher: started |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         cols = [f"{r[f'{c}/{h}']} ({r[f'{c}/{h}/problems']})" for c in ("judge", "teacher")
                 for h in ("whole", "started")]
         print(f"| {r['cell']} | {r['wrong']} / {r['samples']} | {r['all_wrong_problems']} | "
-              + " | ".join(cols) + " |")
+              f"{r['judge_names_the_teachers_step']} | " + " | ".join(cols) + " |")
     print(f"(faithful revisions of the wrong samples, revised at temperature "
           f"{args.revise_temperature}; in brackets the problems with at least one)")
     print(json.dumps({"model": args.model, "rows": rows}))
