@@ -46,7 +46,7 @@ class Posing:
     correct: list = field(default_factory=list)    # the verifier on each: 0.0 or 1.0
     critiques: list = field(default_factory=list)  # the judge's completion on each
     verdicts: list = field(default_factory=list)   # parsed: True, False, None (unparsable)
-    pointers: list = field(default_factory=list)   # first wrong step a critique names, or None
+    pointers: list = field(default_factory=list)   # its first wrong step, audited; or None
     steps: list = field(default_factory=list)      # per solution: the step of each token
     revisions: list = field(default_factory=list)  # per solution: the reviser's completion (the
     #                                                 revise prompt ends on its start), or None
