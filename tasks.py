@@ -389,8 +389,15 @@ def critique(task, solution_text):
 
 def corrupt(task, rng):
     """The reference solution with one slip, carried through to the answer, and the slipped
-    step's 1-based number (the Answer line counts as the last step: a miscopied answer)."""
+    step's 1-based number (the Answer line counts as the last step: a miscopied answer). One
+    induction corruption in three miscounts the steps left from step 1 on (it stops one or two
+    early or late): the tiny solver's commonest error on levels past its warm-up's."""
     k = rng.randint(1, len(task.steps) + 1)
+    if task.family == "induction" and rng.random() < 1 / 3:
+        level = task.level + rng.choice((-2, -1, 1, 2))  # a miscount is another level's chain
+        _, steps, answer = _ind_solve(max(level, 0), *task.data)
+        if _in_range(steps) and str(answer) != task.answer:
+            return "\n".join([*steps, f"Answer: {answer}"]), 1
     if k > len(task.steps):
         return "\n".join([*task.steps, f"Answer: {_wrong_answer(task, rng)}"]), k
     for error in rng.sample((-2, -1, 1, 2), 4):

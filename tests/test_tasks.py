@@ -175,12 +175,37 @@ def test_critic_accepts_references_and_names_the_slipped_step(family):
             assert ok == f"Got {t.answer}, want {t.answer}.\nVerdict: correct"
             for _ in range(3):
                 text, k = tasks.corrupt(t, rng)
-                assert len(text.split("\n")) == len(tasks.solve(t).split("\n"))
+                miscount = family == "induction" and \
+                    text.split("\n")[0].split(" (")[-1] != t.steps[0].split(" (")[-1]  # count
+                assert (len(text.split("\n")) == len(tasks.solve(t).split("\n"))) != miscount
                 assert not tasks.check(t, tasks.answer_of(text))  # the slip reaches the answer
                 crit = tasks.critique(t, text)
                 assert crit.startswith(f"Got {tasks.answer_of(text)}, want {t.answer}.\n")
                 assert crit.split("\n")[-1] == "Verdict: incorrect", (text, crit)
                 assert re.search(r"Step (\d+)", crit).group(1) == str(k), (text, k, crit)
+
+
+def test_one_induction_corruption_in_three_miscounts_from_step_1():
+    """A miscount is the chain of a level one or two away: every step's move and sum right, the
+    count wrong from step 1, so the solution stops early or late and its answer is another term;
+    the critic names step 1 and writes it with the right count (the reviser goes on from it)."""
+    rng, miscounts, n = random.Random(5), 0, 0
+    for level in tasks.LEVELS:
+        for t in draws("induction", level, 200, seed=3):
+            text, k = tasks.corrupt(t, rng)
+            n += 1
+            if len(text.split("\n")) == len(tasks.solve(t).split("\n")):
+                continue
+            miscounts += 1
+            *steps, answer = text.split("\n")
+            sums, counts = zip(*(step[:-len(" left)")].split(" (") for step in steps))
+            assert k == 1 == tasks.first_wrong_step(t, text) and answer != f"Answer: {t.answer}"
+            assert 1 <= abs(len(steps) - len(t.steps)) <= 2
+            assert answer == f"Answer: {sums[-1].split('=')[1]}", text
+            assert counts == tuple(str(len(steps) - i) for i in range(1, len(steps) + 1))
+            assert all(a == b.split(" (")[0] for a, b in zip(sums, t.steps)), text
+            assert f"Step 1 is wrong: it should be {t.steps[0]}." in tasks.critique(t, text)
+    assert 0.25 < miscounts / n < 0.38, miscounts / n  # a third (SE 0.015), less out of range
 
 
 def test_critic_says_what_a_slipped_sum_should_be():
