@@ -1,10 +1,9 @@
 """Self-verifiable tasks: four families of chains, their reference solutions and the teacher.
 
 A task is a chain of `level` steps of one kind, each checkable alone (level k+1 adds one step).
-The environment computes every answer; a slip carries through the later steps to the answer (as
-real slips do), so the verdict compares final answers and the critique names the first wrong
-step. Numbers stay in 0..LIMIT (29); a step is `x+d=y` or `x-d=y`, d in 1..STEP (5) (with
-numbers up to 99 a tiny model solved levels 1-2 about half as often).
+The environment computes every answer; a slip carries through to the answer, so the verdict
+compares final answers and the critique names the first wrong step. Numbers stay in 0..LIMIT
+(29), a step is `x+d=y` or `x-d=y`, d in 1..STEP (5) (numbers up to 99 halved levels 1-2 accuracy).
 
 Families (L = level):
   induction  3-6 terms of a sequence adding fixed steps (one, or two in turn); find the term L
@@ -137,8 +136,8 @@ def _ind_read(text):
 OPS = {"->": {1: 1}, "->~": {1: 0}, "~->": {0: 1}, "~->~": {0: 0}, "|": {0: 1}, "|~": {0: 0},
        "^": {0: 1, 1: 0}, "<->": {0: 0, 1: 1}}
 FALLACY = {"->": {0: 0}, "->~": {0: 1}, "~->": {1: 0}, "~->~": {1: 1}, "|": {1: 0}, "|~": {1: 1}}
-# Equivalent written forms of each operator (one drawn at random), with and without a `~` on v
-# alike, so the signs alone do not give v's value away.
+# Equivalent written forms of each operator (one drawn at random), `~` on v or not alike: the
+# signs alone do not give v's value away.
 FORMS = {"->": ("{u}->{v}", "~{v}->~{u}"), "->~": ("{u}->~{v}", "{v}->~{u}"),
          "~->": ("~{u}->{v}", "~{v}->{u}"), "~->~": ("~{u}->~{v}", "{v}->{u}"),
          "|": ("{u}|{v}", "{v}|{u}", "~{v}->{u}"), "|~": ("{u}|~{v}", "~{v}|{u}", "{v}->{u}"),
@@ -256,10 +255,8 @@ def _story(doc):
     m = _STORY.match(doc)
     events = re.findall(rf"Then \w+ ({'|'.join(GAIN + LOSS)}) (\d+)\.", doc)
     end = re.search(r"Now \w+ has (\d+) \w+\.$", doc)
-    if not m or not end:
-        return None
-    moves = [int(d) * (1 if verb in GAIN else -1) for verb, d in events]
-    return int(m.group(2)), moves, int(end.group(1))
+    return None if not m or not end else \
+        (int(m.group(2)), [int(d) * (1 if v in GAIN else -1) for v, d in events], int(end.group(1)))
 
 
 def _corpus_solve(doc, index, slip=None):
@@ -348,10 +345,9 @@ ANSWER_LINE = re.compile(r"[ \t]*answer[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
 
 
 def faithful(task, text):
-    """Is `text` the reference worked solution line for line (up to spacing and case), so its
-    right answer follows from right steps? A reviser can copy `want <reference>` under wrong
-    steps, or guess among a few causes: only the chain tells these from a correction. A task
-    without known steps (loaded from JSONL) is judged by its answer."""
+    """Is `text` the reference solution line for line (up to spacing and case)? A reviser can copy
+    the reference answer under wrong steps or guess a cause: only the chain tells a correction.
+    A task without known steps (loaded from JSONL) is judged by its answer."""
     if not task.steps:
         return check(task, answer_of(text))
     return first_wrong_step(task, "\n".join(x for x in str(text).splitlines() if x.strip())) is None
@@ -388,14 +384,12 @@ def critique(task, solution_text):
 
 
 def corrupt(task, rng):
-    """The reference solution with one slip, carried through to the answer, and the slipped
-    step's 1-based number (the Answer line counts as the last step: a miscopied answer). One
-    induction corruption in three miscounts the steps left from step 1 on (it stops one or two
-    early or late): the tiny solver's commonest error on levels past its warm-up's."""
+    """The reference solution with one slip carried through to the answer, and the slipped step's
+    1-based number (the Answer line counts last). A third of induction's miscount from step 1 (a
+    level one or two away: it stops early or late), the tiny solver's commonest error."""
     k = rng.randint(1, len(task.steps) + 1)
     if task.family == "induction" and rng.random() < 1 / 3:
-        level = task.level + rng.choice((-2, -1, 1, 2))  # a miscount is another level's chain
-        _, steps, answer = _ind_solve(max(level, 0), *task.data)
+        _, steps, answer = _ind_solve(max(0, task.level + rng.choice((-2, -1, 1, 2))), *task.data)
         if _in_range(steps) and str(answer) != task.answer:
             return "\n".join([*steps, f"Answer: {answer}"]), 1
     if k > len(task.steps):
@@ -470,8 +464,7 @@ def validate(family, pose_text, level, document=None, split=None, rng=None):
 def _read_jsonl(path, fields):
     """One dict per non-blank line, each with string-able `fields`; ValueError names file:line."""
     with open(path, "rb") as fh:
-        raw = fh.read().split(b"\n")
-    rows = []
+        raw, rows = fh.read().split(b"\n"), []
     for n, line in enumerate(raw, 1):
         try:
             text = line.decode("utf-8")
