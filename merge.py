@@ -63,6 +63,7 @@ import os
 import random
 import shutil
 import sys
+import warnings
 
 import torch
 from safetensors import safe_open
@@ -287,6 +288,11 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# What torch.distributed.checkpoint says on every save and load without a process group; one
+# process is what the tiny run means, so the tutorial's log need not repeat it.
+ONE_PROCESS = "torch.distributed is (disabled, )?unavailable or uninitialized"
+
+
 def save_state(policy, optimizer, path, meta):
     """Resumable training state: sharded model + optimizer (torch.distributed.checkpoint), each
     rank's RNG states, and `meta` (JSON: step, stage, anything the trainer needs; the world size
@@ -298,7 +304,9 @@ def save_state(policy, optimizer, path, meta):
         shutil.rmtree(tmp, ignore_errors=True)
     model.barrier()
     model_sd, optim_sd = get_state_dict(policy, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ONE_PROCESS)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
     torch.save(rng_state(), os.path.join(tmp, f"rng_{model.rank()}.pt"))
     model.barrier()
     if model.is_main():
@@ -320,7 +328,9 @@ def load_state(policy, optimizer, path):
     optimizer.zero_grad(set_to_none=True)
     model_sd, optim_sd = get_state_dict(policy, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ONE_PROCESS)
+        dcp.load(state, checkpoint_id=path)
     set_state_dict(policy, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
     with open(os.path.join(path, "meta.json")) as f:
