@@ -336,10 +336,10 @@ DEMO_KINDS = ("solve", "judge", "revise", "pose", "text")  # "text": a raw docum
 def demonstrations(rng, family, level, kind):
     """(prompt, completion)s of one demonstration of `kind` (a role) on a fresh train task. A
     judge demonstration is a contrastive pair: the task's reference solution and the same
-    solution with one slip, each with its critique. Shown one at a time, the tiny judge stayed
-    at chance on the numeric and letter answers for 2,000 steps; shown side by side in one
-    batch, the only difference between the two is whether the answers match, and the
-    comparison is learned (README, "How the tiny world became learnable")."""
+    solution with one slip (tasks.corrupt), each with its critique. Shown one at a time, the
+    tiny judge stayed at chance on the numeric and letter answers for 2,000 steps; shown side by
+    side in one batch, the two differ in one step and the answer, and the comparison is learned
+    (README, "How the tiny world became learnable")."""
     task = tasks.sample(family, level, rng, "train")
     if kind == "solve":
         return [(solve_prompt(task.prompt), tasks.solve(task))]
@@ -358,7 +358,7 @@ def demonstrations(rng, family, level, kind):
 
 def judge_pair(task, rng):
     """[(judge prompt, teacher's critique)] on `task`'s reference solution, then on the same
-    solution with one slip (tasks.corrupt, drawn with `rng`)."""
+    solution corrupted (tasks.corrupt, drawn with `rng`: one slip, or a miscount)."""
     return [(judge_prompt(task.prompt, task.answer, solution), tasks.critique(task, solution))
             for solution in (tasks.solve(task), tasks.corrupt(task, rng)[0])]
 

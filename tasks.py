@@ -3,7 +3,7 @@
 A task is a chain of `level` steps of one kind, each checkable alone (level k+1 adds one step).
 The environment computes every answer; a slip carries through to the answer, so the verdict
 compares final answers and the critique names the first wrong step. Numbers stay in 0..LIMIT
-(29), a step is `x+d=y` or `x-d=y`, d in 1..STEP (5) (numbers up to 99 halved levels 1-2 accuracy).
+(29); a step is `x+d=y` or `x-d=y`, d in 1..STEP (5) (numbers to 99 halved accuracy at L1-2).
 
 Families (L = level):
   induction  3-6 terms of a sequence adding fixed steps (one, or two in turn); find the term L
@@ -346,8 +346,8 @@ ANSWER_LINE = re.compile(r"[ \t]*answer[ \t]*:(.*)", re.IGNORECASE | re.ASCII)
 
 def faithful(task, text):
     """Is `text` the reference solution line for line (up to spacing and case)? A reviser can copy
-    the reference answer under wrong steps or guess a cause: only the chain tells a correction.
-    A task without known steps (loaded from JSONL) is judged by its answer."""
+    the reference answer under wrong steps, or guess a cause: only the chain tells a correction
+    from these. A task without known steps (JSONL) is judged by its answer."""
     if not task.steps:
         return check(task, answer_of(text))
     return first_wrong_step(task, "\n".join(x for x in str(text).splitlines() if x.strip())) is None
@@ -384,9 +384,9 @@ def critique(task, solution_text):
 
 
 def corrupt(task, rng):
-    """The reference solution with one slip carried through to the answer, and the slipped step's
-    1-based number (the Answer line counts last). A third of induction's miscount from step 1 (a
-    level one or two away: it stops early or late), the tiny solver's commonest error."""
+    """The reference with one slip carried to the answer, and the slipped step (1-based; the Answer
+    line counts last). About a third of induction's instead miscount from step 1 (a chain one or
+    two steps longer or shorter), the tiny solver's commonest error; returned with k = 1."""
     k = rng.randint(1, len(task.steps) + 1)
     if task.family == "induction" and rng.random() < 1 / 3:
         _, steps, answer = _ind_solve(max(0, task.level + rng.choice((-2, -1, 1, 2))), *task.data)

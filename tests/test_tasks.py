@@ -204,6 +204,11 @@ def test_one_induction_corruption_in_three_miscounts_from_step_1():
             assert answer == f"Answer: {sums[-1].split('=')[1]}", text
             assert counts == tuple(str(len(steps) - i) for i in range(1, len(steps) + 1))
             assert all(a == b.split(" (")[0] for a, b in zip(sums, t.steps)), text
+            moves = [(int(x), int(op + d), int(y))
+                     for x, op, d, y in (re.fullmatch(r"(\d+)([-+])(\d+)=(\d+)", a).groups()
+                                         for a in sums)]  # past the reference's: the rule goes on
+            assert all(x == y0 and d == d2 and y == x + d for (_, d2, _), (_, _, y0), (x, d, y)
+                       in zip(moves, moves[1:], moves[2:])), text
             assert f"Step 1 is wrong: it should be {t.steps[0]}." in tasks.critique(t, text)
     assert 0.25 < miscounts / n < 0.38, miscounts / n  # a third (SE 0.015), less out of range
 
