@@ -3,7 +3,7 @@
 Judge-only training on contrastive pairs of one cell (corpus, level 1), then greedy judging
 of held-out items, each once with its reference solution and once with a slipped one. Always
 giving one verdict scores 0.5, so passing needs the comparison of the two answers, learned
-from scratch in about a minute.
+from scratch in about a minute and a half.
 
 Run: python -m pytest -q tests/test_judge_learning.py
 """
@@ -12,7 +12,9 @@ import argparse
 
 import bench_judge
 
-STEPS = 500  # seed 0, lr 4e-3, 2 threads: held-out agreement 0.99 (56 s of training)
+# seed 0, lr 4e-3, 2 threads: held-out agreement 1.00 after 800 steps (83 s); 0.62 after 500
+# since the teacher's miscounts changed the tokenizer's texts (0.99 before): the click moves
+STEPS = 800
 
 
 def test_a_fresh_model_learns_to_judge_one_cell(tmp_path):
