@@ -61,7 +61,8 @@ def build_tiny(path, texts=(), hidden_size=128, num_layers=2, num_heads=4, num_k
     dot product, so attention logits cannot grow with the weights. Without it the tiny model
     learned the judge's comparison only at a high rate (none in 1,800 judge-only steps at 1e-3),
     and that rate left a model that no longer learned to solve; with it the comparison was
-    learned in 1,400 steps at 1e-3 (README, "How the tiny world became learnable")."""
+    learned in 1,400 steps at 1e-3 (docs/findings.md, "How the tiny world became
+    learnable")."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
     tok = build_tiny_tokenizer(texts, pieces=pieces)
     config = Qwen3Config(
@@ -96,8 +97,9 @@ def read_config(path):
     kind = getattr(config, "model_type", None)
     if kind not in SUPPORTED or getattr(config, "final_logit_softcapping", None):
         raise ValueError(f"--model={path}: model_type {kind!r} is not supported (supported: "
-                         f"{', '.join(SUPPORTED)}, without logit soft-capping): its logits are not "
-                         "the linear function of the last hidden state that the fused loss computes")
+                         f"{', '.join(SUPPORTED)}, without logit soft-capping): its logits are "
+                         "not the linear function of the last hidden state that the fused loss "
+                         "computes")
     return config
 
 

@@ -146,8 +146,8 @@ def revision_start(solution, critique):
     The reviser continues from there rather than rewriting the whole solution: the warm-up's
     reviser, asked for a whole new solution, copied the wrong one line for line, the flagged
     step included, even under the teacher's critique; started on the fix, it often completes the
-    reference chain (README, "Why the reviser starts on the critique's fix"). A wrong fix now
-    binds the revision too: it cannot be right, and its critique's gain is -1."""
+    reference chain (docs/findings.md, "Why the reviser starts on the critique's fix"). A wrong
+    fix now binds the revision too: it cannot be right, and its critique's gain is -1."""
     text, found = _as_text(solution), [m for m in map(_FIX.fullmatch, _lines(critique) or []) if m]
     if text is None or len(found) != 1:
         return ""
@@ -339,7 +339,7 @@ def demonstrations(rng, family, level, kind):
     solution with one slip (tasks.corrupt), each with its critique. Shown one at a time, the
     tiny judge stayed at chance on the numeric and letter answers for 2,000 steps; shown side by
     side in one batch, the two differ in one step and the answer, and the comparison is learned
-    (README, "How the tiny world became learnable")."""
+    (docs/findings.md, "How the tiny world became learnable")."""
     task = tasks.sample(family, level, rng, "train")
     if kind == "solve":
         return [(solve_prompt(task.prompt), tasks.solve(task))]

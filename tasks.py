@@ -9,11 +9,11 @@ Families (L = level):
   induction  3-6 terms of a sequence adding fixed steps (one, or two in turn); find the term L
              after the last (asked as places after the first). Steps: every move, then L more,
              each repeating the move two lines up and counting down the terms left (`4+3=7 (3
-             left)`), so level L+1 reads like L (README, "Counting down composes").
+             left)`), so level L+1 reads like L (docs/findings.md, "Counting down composes").
   deduction  one fact and L + 1 rules (->, |, ^, <->, with negations), each forcing the next
              variable from the one before, listed in that order; find all (1 = true, 0 =
              false). Steps: the fact, then one per rule. Answer: `c=1,a=0,b=1` (in that order).
-             Listed in order, step k reads line k by position (README, "Read by position").
+             In that order step k reads line k by position (docs/findings.md, "Read by position").
   abduction  2-4 causes, each heading an equally long chain of L rules to an effect; one effect
              is seen: which cause explains it? Steps: the chain traced back, `v<-m` (rule `m->v`).
   corpus     a raw document (a story of L events changing a count) with one number masked as

@@ -242,8 +242,8 @@ def lr_factor(cfg, stage, step, steps, state=None):
     ends at a deadline (`steps` None) has no horizon to decay over and stays constant.
     With --judge_first the judge-only phase has a schedule of its own over its N steps, and the
     mixed phase one over the steps left, peaking at `mixed_lr` times the rate (a rate that makes
-    the comparison click can be too high to go on learning the other roles at; README, "How the
-    tiny world became learnable")."""
+    the comparison click can be too high to go on learning the other roles at; docs/findings.md,
+    "How the tiny world became learnable")."""
     scale = 1.0
     if stage == "warmup" and steps is not None and cfg.judge_first:
         end = min((state or {}).get("judge_learned", cfg.judge_first), steps)
