@@ -175,8 +175,9 @@ def audited_pointer(task, solution, critique):
     k, so a pointer past the first error would spare wrong steps: unchecked, the judge's late
     pointers (on its own solutions it named the teacher's step 13 times in 152 at induction
     level 3, often flagging the Answer line) taught answers that follow from none of the steps,
-    and abduction fell below chance under self-play (docs/findings.md). A task without
-    reference steps (JSONL) keeps only k = 1, which spares nothing."""
+    and abduction fell below chance under self-play (docs/findings.md, "Why the judge's
+    pointer is audited"). A task without reference steps (JSONL) keeps only k = 1, which
+    spares nothing."""
     k, first = roles.parse_pointer(critique), tasks.first_wrong_step(task, solution)
     return k if k is not None and (first is None or k <= first) else None
 

@@ -13,7 +13,7 @@ Families (L = level):
   deduction  one fact and L + 1 rules (->, |, ^, <->, with negations), each forcing the next
              variable from the one before, listed in that order; find all (1 = true, 0 =
              false). Steps: the fact, then one per rule. Answer: `c=1,a=0,b=1` (in that order).
-             In that order step k reads line k by position (docs/findings.md, "Read by position").
+             Rules in chain order: step k reads line k (docs/findings.md, "Read by position").
   abduction  2-4 causes, each heading an equally long chain of L rules to an effect; one effect
              is seen: which cause explains it? Steps: the chain traced back, `v<-m` (rule `m->v`).
   corpus     a raw document (a story of L events changing a count) with one number masked as
