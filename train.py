@@ -101,6 +101,8 @@ class Config:
     judge_first: int = 1200     # warmup: at most N first steps on judge demonstrations only,
     judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share;
     mixed_lr: float = 1.0       # ... then the mixed phase peaks at this share of lr
+    verdict_weight: float = 10.0  # warmup: NLL weight of the critique token that decides the
+                                  #   verdict (1: plain NLL, which learned the judge later)
     merge_method: str = "task_arithmetic"  # merge: linear|task_arithmetic|ties|dare
     merge_density: float = 0.5  # merge: ties/dare density
     merge_models: str = ""      # merge: comma-separated dirs; "" = <out>/../align_<ability>/model
@@ -156,6 +158,8 @@ def parse_args(argv):
     if len(mix) != len(roles.DEMO_KINDS) or min(mix) < 0 or sum(mix) <= 0:
         sys.exit(f"train.py: --demo_mix={cfg.demo_mix!r} needs {len(roles.DEMO_KINDS)} weights "
                  f">= 0, not all 0, for {','.join(roles.DEMO_KINDS)}")
+    if cfg.verdict_weight < 0:
+        sys.exit(f"train.py: --verdict_weight={cfg.verdict_weight} must be >= 0 (1: plain NLL)")
     if cfg.corpus:
         try:
             warmup.corpus_documents(cfg.corpus)

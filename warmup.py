@@ -4,8 +4,10 @@ Each step draws `batch` samples: a role by --demo_mix (solve, judge, revise, pos
 a family, a level of that role's levels (--demo_levels; --judge_levels for the judge and the
 poser, --revise_levels for the reviser), and the programmatic teacher's demonstration of that role
 (roles.demonstrations; a judge demonstration is a pair, the same task with its reference
-solution and with one slip). The loss is the completion tokens' mean negative log-likelihood,
-L = -(1/T) sum_t log pi(y_t | prompt, y_<t), one optimizer step per batch (update.train_on).
+solution and with one slip). The loss is the completion tokens' weighted negative
+log-likelihood, L = -(1/T) sum_t w_t log pi(y_t | prompt, y_<t), one optimizer step per batch
+(update.train_on), with w_t = 1 except on the token of a critique that decides its verdict
+(`verdict_token`), which weighs --verdict_weight.
 
 Judging is learned late and abruptly, and not at all when mixed with the other roles from the
 start (tests/bench_judge.py). So with --judge_first=N the first N steps show judge pairs only,
@@ -50,8 +52,25 @@ def demonstration(rng, tok, cfg, levels, mix):
     level = rng.choice(levels[kind])  # drawn for text too: one stream of draws for any mix
     if kind == "text":
         return [update.nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)]
-    return [update.nll_sample(tok, kind, prompt, completion, cfg)
-            for prompt, completion in roles.demonstrations(rng, family, level, kind)]
+    samples = [update.nll_sample(tok, kind, prompt, completion, cfg)
+               for prompt, completion in roles.demonstrations(rng, family, level, kind)]
+    if kind == "judge":
+        for sample in samples:
+            sample.coef[verdict_token(tok, sample.ids)] = cfg.verdict_weight
+    return samples
+
+
+def verdict_token(tok, ids):
+    """The index in a critique's ids of the token that decides its verdict: the first after the
+    echo line (`Verdict` when the two answers agree, `Step` when they differ), or the token that
+    carries the line break when the tokenizer merges it into the next word. Of a critique's
+    10-30 tokens it is the one that needs the comparison; the rest copy the solution, the
+    reference or the teacher's fix."""
+    for end in range(1, len(ids) + 1):
+        text = tok.decode(ids[:end])
+        if "\n" in text:
+            return end if text.endswith("\n") and end < len(ids) else end - 1
+    raise ValueError(f"a critique without a line break: {tok.decode(ids)!r}")
 
 
 def raw_document(rng, cfg):

@@ -418,6 +418,7 @@ def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(tiny, tmp_path)
     (["--demo_levels=1,7"], "levels are (1, 2, 3, 4, 5)"),
     (["--revise_levels=0"], "levels are (1, 2, 3, 4, 5)"),
     (["--demo_mix=1,2"], "needs 5 weights"),
+    (["--verdict_weight=-1"], "must be >= 0"),
     (["--stage=alive", "--model=/no/such/dir"], "not a model directory"),
 ])
 def test_bad_input_gives_one_clear_line(args, message, tmp_path):

@@ -1,5 +1,5 @@
-"""warmup.py on a tiny model: the demonstration mix, the judge pairs, the judge-only phase, its
-verdict check and its learning-rate schedule.
+"""warmup.py on a tiny model: the demonstration mix, the judge pairs and the weight of their
+deciding token, the judge-only phase, its verdict check and its learning-rate schedule.
 
 Run: python -m pytest -q tests/test_warmup.py
 """
@@ -57,6 +57,43 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     assert draws[:4] == [(judge_only, [1])] * 4 and len(draws) >= 6
     assert draws[4:] == [(warmup.demo_settings(cfg)[1], [4, 5])] * (len(draws) - 4)
     assert checked == [[1]] * 3  # the check stays on the levels the phase was shown
+
+
+def test_the_token_that_decides_the_verdict_weighs_verdict_weight(tiny):
+    """In every judge demonstration one token weighs --verdict_weight: the first of the critique's
+    second line, the one verdict_check scores (`Verdict` after equal answers, `Step` after
+    different ones); every other token weighs 1."""
+    _, tok = M.load(tiny)
+    cfg = train.parse_args(["--demo_mix=0,1,0,0,0", "--verdict_weight=7"])
+    rng, (levels, mix) = random.Random(0), warmup.demo_settings(cfg)
+    verdicts = []
+    for _ in range(40):
+        for sample in warmup.demonstration(rng, tok, cfg, levels, mix):
+            critique = tok.decode(sample.ids, skip_special_tokens=True)
+            head = tok(critique.split("\n")[0] + "\n", add_special_tokens=False)["input_ids"]
+            assert sample.coef == [7.0 if i == len(head) else 1.0 for i in range(len(sample.ids))]
+            verdicts.append(roles.parse_verdict(critique))
+            word = "Verdict" if verdicts[-1] else "Step"
+            assert word.startswith(tok.decode([sample.ids[len(head)]]).strip())
+    assert set(verdicts) == {True, False}
+
+
+class Pieces:
+    """A stand-in tokenizer: an id is an index into a list of text pieces."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def decode(self, ids):
+        return "".join(self.pieces[i] for i in ids)
+
+
+@pytest.mark.parametrize("pieces, decisive", [
+    (["Got 8, want 8", ".\n", "Verdict", ": correct"], 2),  # the line break merged backwards
+    (["Got 8, want 9.", "\nStep", " 2 is wrong"], 1),       # ... or forwards
+])
+def test_verdict_token_finds_a_line_break_merged_into_a_token(pieces, decisive):
+    assert warmup.verdict_token(Pieces(pieces), list(range(len(pieces)))) == decisive
 
 
 def test_demo_mix_weighs_roles_by_their_share_of_samples(tiny):
