@@ -101,8 +101,8 @@ class Config:
     judge_first: int = 1200     # warmup: at most N first steps on judge demonstrations only,
     judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share;
     mixed_lr: float = 1.0       # ... then the mixed phase peaks at this share of lr
-    verdict_weight: float = 10.0  # warmup: NLL weight of the critique token that decides the
-                                  #   verdict (1: plain NLL, which learned the judge later)
+    verdict_weight: float = 10.0  # warmup: while it shows judge pairs alone, NLL weight of the
+                                  #   critique token that decides the verdict (1: plain NLL)
     merge_method: str = "task_arithmetic"  # merge: linear|task_arithmetic|ties|dare
     merge_density: float = 0.5  # merge: ties/dare density
     merge_models: str = ""      # merge: comma-separated dirs; "" = <out>/../align_<ability>/model

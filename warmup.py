@@ -6,8 +6,8 @@ poser, --revise_levels for the reviser), and the programmatic teacher's demonstr
 (roles.demonstrations; a judge demonstration is a pair, the same task with its reference
 solution and with one slip). The loss is the completion tokens' weighted negative
 log-likelihood, L = -(1/T) sum_t w_t log pi(y_t | prompt, y_<t), one optimizer step per batch
-(update.train_on), with w_t = 1 except on the token of a critique that decides its verdict
-(`verdict_token`), which weighs --verdict_weight.
+(update.train_on), with w_t = 1 except, while the batch is judge pairs alone, on the token of
+a critique that decides its verdict (`verdict_token`), which weighs --verdict_weight.
 
 Judging is learned late and abruptly, and not at all when mixed with the other roles from the
 start (tests/bench_judge.py). So with --judge_first=N the first N steps show judge pairs only,
@@ -52,12 +52,8 @@ def demonstration(rng, tok, cfg, levels, mix):
     level = rng.choice(levels[kind])  # drawn for text too: one stream of draws for any mix
     if kind == "text":
         return [update.nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)]
-    samples = [update.nll_sample(tok, kind, prompt, completion, cfg)
-               for prompt, completion in roles.demonstrations(rng, family, level, kind)]
-    if kind == "judge":
-        for sample in samples:
-            sample.coef[verdict_token(tok, sample.ids)] = cfg.verdict_weight
-    return samples
+    return [update.nll_sample(tok, kind, prompt, completion, cfg)
+            for prompt, completion in roles.demonstrations(rng, family, level, kind)]
 
 
 def verdict_token(tok, ids):
@@ -106,6 +102,11 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
         # a pair that does not fit gives one of its halves, either: always the first (the
         # reference solution) would show the judge more accepts than rejects
         samples += drawn if len(samples) + len(drawn) <= size else [rng.choice(drawn)]
+    if not any(w for kind, w in zip(roles.DEMO_KINDS, mix) if kind != "judge"):
+        # judge pairs alone: the token that decides the verdict weighs more (in the role mix
+        # the weight cost the tutorial's solver half its accuracy on levels 1-2)
+        for sample in samples:
+            sample.coef[verdict_token(tok, sample.ids)] = cfg.verdict_weight
     metrics = update.train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
     if cfg.judge_first and (step + 1) % CHECK_EVERY == 0:  # logged after the phase too
         metrics["verdict_check"] = verdict_check(policy, tok, cfg, levels["solve"])

@@ -59,23 +59,31 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     assert checked == [[1]] * 3  # the check stays on the levels the phase was shown
 
 
-def test_the_token_that_decides_the_verdict_weighs_verdict_weight(tiny):
-    """In every judge demonstration one token weighs --verdict_weight: the first of the critique's
-    second line, the one verdict_check scores (`Verdict` after equal answers, `Step` after
-    different ones); every other token weighs 1."""
-    _, tok = M.load(tiny)
-    cfg = train.parse_args(["--demo_mix=0,1,0,0,0", "--verdict_weight=7"])
-    rng, (levels, mix) = random.Random(0), warmup.demo_settings(cfg)
+@pytest.mark.parametrize("mix, weighted", [("0,1,0,0,0", True), ("1,1,0,0,0", False)])
+def test_the_token_that_decides_the_verdict_weighs_more_in_judge_pairs_alone(tiny, monkeypatch,
+                                                                            mix, weighted):
+    """While the warm-up shows judge pairs alone, one token of each critique weighs
+    --verdict_weight: the first of its second line, the one verdict_check scores (`Verdict`
+    after equal answers, `Step` after different ones); every other token weighs 1. In the role
+    mix every token weighs 1."""
+    policy, tok = M.load(tiny)
+    cfg = train.parse_args([f"--demo_mix={mix}", "--verdict_weight=7", "--judge_first=0"])
+    shown = []
+    monkeypatch.setattr(update, "train_on", lambda policy, opt, samples, *a: shown.extend(samples))
+    for step in range(10):
+        warmup.warmup_step(policy, None, tok, cfg, step, 0, {})
+    judged = [s for s in shown if s.role == "judge"]
     verdicts = []
-    for _ in range(40):
-        for sample in warmup.demonstration(rng, tok, cfg, levels, mix):
-            critique = tok.decode(sample.ids, skip_special_tokens=True)
-            head = tok(critique.split("\n")[0] + "\n", add_special_tokens=False)["input_ids"]
-            assert sample.coef == [7.0 if i == len(head) else 1.0 for i in range(len(sample.ids))]
-            verdicts.append(roles.parse_verdict(critique))
-            word = "Verdict" if verdicts[-1] else "Step"
-            assert word.startswith(tok.decode([sample.ids[len(head)]]).strip())
+    for sample in judged:
+        critique = tok.decode(sample.ids, skip_special_tokens=True)
+        head = tok(critique.split("\n")[0] + "\n", add_special_tokens=False)["input_ids"]
+        weight = 7.0 if weighted else 1.0
+        assert sample.coef == [weight if i == len(head) else 1.0 for i in range(len(sample.ids))]
+        verdicts.append(roles.parse_verdict(critique))
+        word = "Verdict" if verdicts[-1] else "Step"
+        assert word.startswith(tok.decode([sample.ids[len(head)]]).strip())
     assert set(verdicts) == {True, False}
+    assert all(s.coef == [1.0] * len(s.ids) for s in shown if s.role != "judge")
 
 
 class Pieces:
