@@ -57,7 +57,7 @@ class Config:
     tiny_heads: int = 4         # ... and attention heads
     out: str = "runs/tiny"      # run directory of this stage (or of the whole pipeline)
     steps: int = 0              # optimizer steps of the stage; 0 = that stage's default below
-    warmup_steps: int = 2000    # default steps of warmup
+    warmup_steps: int = 1800    # default steps of warmup (the tutorial: 10 min in all)
     rl_steps: int = 50          # default steps of alive / align / domain (the tutorial: 10 min)
     refine_steps: int = 30      # default steps of refine
     refine_rounds: int = 2      # refine: most critique -> revise rounds per chain
