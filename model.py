@@ -328,7 +328,7 @@ def decoder_layers(lm):
 
 def enable_checkpointing(policy):
     """Each decoder layer recomputes its activations in backward (only in `policy.train()`)."""
-    policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.lm.activation_checkpointing_enable({"use_reentrant": False})
     return policy
 
 

@@ -71,7 +71,7 @@ def hf_decoder(policy):
 
     def step(ids, mask, positions):
         return policy(last_token_logits, input_ids=ids, attention_mask=mask,
-                      position_ids=positions, past_key_values=cache, use_cache=True)[0]
+                      position_ids=positions, cache=cache, use_cache=True)[0]
     return step, cache.batch_select_indices
 
 
