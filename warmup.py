@@ -121,22 +121,20 @@ VERDICT_CASES = {}  # (tokenizer, families, levels, n, seed, hints) -> (prompt i
 
 def verdict_check(policy, tok, cfg, levels, n=64):
     """The share of 2n held-out judgements (n reference solutions, n slipped ones) whose verdict
-    the model gets right when the teacher's first critique line (the two answers side by side)
-    is given: the next token is `Verdict` or `Step`. Teacher-forced, no sampling; its problems
-    are drawn apart from the evaluation's (eval.held_out with their own seed)."""
+    the model gets right when the teacher's critique is given up to its deciding token
+    (`verdict_token`: `Verdict` or `Step`, or the token that carries the line break into one of
+    them). Teacher-forced, no sampling; its problems are drawn apart from the evaluation's
+    (eval.held_out with their own seed)."""
     key = (tok.name_or_path, len(tok), cfg.families, tuple(levels), n, cfg.seed, cfg.hints)
     if key not in VERDICT_CASES:
         cases = []
         for task in evaluation.held_out(cfg.families.split(","), levels, n,
                                         seed=f"verdict-check:{cfg.seed}"):
             for prompt, critique in roles.judge_pair(task, random.Random(task.prompt)):
-                head = tok(critique.split("\n")[0] + "\n", add_special_tokens=False)["input_ids"]
-                whole = tok(critique, add_special_tokens=False)["input_ids"]
-                if whole[:len(head)] != head:
-                    raise ValueError(f"verdict check: the tokenizer {tok.name_or_path!r} merges "
-                                     "across the critique's first line break; use --judge_first=0")
+                ids = tok(critique, add_special_tokens=False)["input_ids"]
+                decisive = verdict_token(tok, ids)
                 rendered = roles.render(tok, prompt, cfg.hints)
-                cases.append((M.encode(tok, [rendered])[0] + head, [whole[len(head)]]))
+                cases.append((M.encode(tok, [rendered])[0] + ids[:decisive], [ids[decisive]]))
         VERDICT_CASES[key] = cases
     cases, hits = VERDICT_CASES[key], 0
     policy.eval()  # no activation checkpointing, no dropout

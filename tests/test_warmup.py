@@ -11,26 +11,50 @@ import torch
 
 import model as M
 import roles
+import tasks
 import train
 import update
 import warmup
 
 
-def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny):
-    policy, tok = M.load(tiny)
+# The tiny tokenizer keeps the line break a token of its own; real ones merge it into the token
+# before it (Llama-3's `.\n`) or after it. (pieces, the last teacher-forced token, the target's
+# opening): None is the `tiny` fixture, whose tokenizer learned no merges.
+LINE_BREAKS = [(None, "\n", ""),
+               (r"\.\n|" + M.TINY_PIECES, ".\n", ""),
+               (r"\n(?:Verdict|Step)|" + M.TINY_PIECES, ".", "\n")]
+
+
+@pytest.mark.parametrize("pieces, forced_last, target_opens", LINE_BREAKS,
+                         ids=["own-token", "merged-backwards", "merged-forwards"])
+def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny, build_tiny_model, pieces,
+                                                              forced_last, target_opens):
     cfg = train.parse_args(["--families=induction,abduction"])
+    if pieces is not None:  # a tokenizer whose merges hold the critiques' line breaks
+        rng = random.Random(0)
+        critiques = [c for family in ("induction", "abduction") for level in (1, 2)
+                     for _ in range(20)
+                     for _, c in roles.judge_pair(tasks.sample(family, level, rng, "train"), rng)]
+        tiny = build_tiny_model(texts=critiques, pieces=pieces, hidden_size=32, num_layers=1,
+                                num_heads=2, num_kv_heads=1, intermediate_size=64)
+    policy, tok = M.load(tiny)
     share = warmup.verdict_check(policy, tok, cfg, [1, 2], n=6)
-    [cases] = [v for k, v in warmup.VERDICT_CASES.items() if k[2:4] == (cfg.families, (1, 2))]
+    [cases] = [v for k, v in warmup.VERDICT_CASES.items()
+               if k[:4] == (tok.name_or_path, len(tok), cfg.families, (1, 2))]
     assert len(cases) == 12  # a reference and a slipped solution of each of 6 problems
     with torch.no_grad():
         hits = sum(int(policy.lm(input_ids=torch.tensor([prompt])).logits[0, -1].argmax()) == t
                    for prompt, [t] in cases)
     assert share == pytest.approx(hits / len(cases))
     # the target opens the critique's second line: `Verdict: correct` or `Step k is wrong`
-    starts = [tok.decode([t]).strip() for _, [t] in cases]
-    assert all(starts)
+    assert {tok.decode(prompt[-1:]) for prompt, _ in cases} == {forced_last}
+    starts = [tok.decode([t]) for _, [t] in cases]
+    assert all(s.startswith(target_opens) and s.strip() for s in starts)
+    starts = [s.strip() for s in starts]
     assert starts[0::2] == ["Verdict"[:len(s)] for s in starts[0::2]]
     assert starts[1::2] == ["Step"[:len(s)] for s in starts[1::2]]
+    if pieces is not None:  # whole words: the merges were learned
+        assert set(starts) == {"Verdict", "Step"}
 
 
 def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
