@@ -125,7 +125,8 @@ def lean_decoder(lm, batch, max_len):
             q = rotate(q, cos, sin).reshape(rows, kv_heads, group * width, head_dim)
             out = F.scaled_dot_product_attention(q, k_cache[:rows, :, :end],
                                                  v_cache[:rows, :, :end], attn_mask=allowed)
-            out = out.view(rows, -1, width, head_dim).transpose(1, 2).reshape(rows, width, -1)
+            # reshape, not view: CUDA's fused kernels return a transposed view of [B, M, H, D]
+            out = out.reshape(rows, -1, width, head_dim).transpose(1, 2).reshape(rows, width, -1)
             h = h + attn.o_proj(out)
             x = layer.post_attention_layernorm(h)
             h = h + layer.mlp.down_proj(F.silu(layer.mlp.gate_proj(x)) * layer.mlp.up_proj(x))

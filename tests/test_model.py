@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import merge as merging
 import model as M
@@ -117,6 +118,24 @@ def test_greedy_matches_hf_generate(tmp_path, family, lean):
     assert (ours.tokens[:, width:] == tok.pad_token_id).all()
     assert bool(ours.finished[0]) and int(ours.lengths[0]) <= 4
     assert not bool(ours.finished.all())  # some rows ran to the budget
+
+
+def test_lean_decoder_reads_the_fused_kernels_output_layout(tmp_path, monkeypatch):
+    """On CUDA the fused SDPA kernels return [B, H, M, D] as a transposed view of [B, M, H, D]
+    memory, where the CPU kernels return it contiguous; folded GQA heads must be unfolded by
+    reshape, not view, whichever layout comes back (a view raised here before)."""
+    policy, tok = M.load(tiny_of_family(str(tmp_path / "llama"), "llama"))
+    prompts = M.encode(tok, PROMPTS)
+    ids, mask, positions = sampling.left_pad(prompts, tok.pad_token_id, "cpu")
+
+    def prefill_logits():
+        step, _ = sampling.lean_decoder(policy.lm, len(prompts), ids.shape[1])
+        with torch.no_grad():
+            return step(ids, mask, positions)
+    expect, sdpa = prefill_logits(), F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *args, **kwargs: sdpa(
+        *args, **kwargs).transpose(1, 2).contiguous().transpose(1, 2))
+    assert torch.equal(prefill_logits(), expect)
 
 
 @pytest.mark.parametrize("lean", [True, False])
