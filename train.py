@@ -158,8 +158,19 @@ def parse_args(argv):
     if len(mix) != len(roles.DEMO_KINDS) or min(mix) < 0 or sum(mix) <= 0:
         sys.exit(f"train.py: --demo_mix={cfg.demo_mix!r} needs {len(roles.DEMO_KINDS)} weights "
                  f">= 0, not all 0, for {','.join(roles.DEMO_KINDS)}")
-    if cfg.verdict_weight < 0:
-        sys.exit(f"train.py: --verdict_weight={cfg.verdict_weight} must be >= 0 (1: plain NLL)")
+    # below these the run would fail deep in the sampler, the update or the checkpoint loop, or
+    # train silently on nothing (a zero grad_clip scales every gradient to 0)
+    for key, low in (("batch", 1), ("seeds", 1), ("solutions", 1), ("max_new_tokens", 1),
+                     ("micro_batch", 1), ("ppo_epochs", 1), ("save_every", 1), ("eval_n", 1),
+                     ("compare_eval_n", 1), ("posings", 0), ("environment", 0),
+                     ("judge_anchor", 0), ("temperature", 0), ("verdict_weight", 0)):
+        if getattr(cfg, key) < low:
+            sys.exit(f"train.py: --{key}={getattr(cfg, key)} must be >= {low}")
+    for key, high in (("top_p", 1), ("merge_density", 1), ("grad_clip", math.inf),
+                      ("lr", math.inf), ("rl_lr", math.inf)):
+        if not 0 < getattr(cfg, key) <= high:
+            sys.exit(f"train.py: --{key}={getattr(cfg, key)} must be "
+                     + (f"in (0, {high}]" if high < math.inf else "> 0"))
     if cfg.corpus:
         try:
             warmup.corpus_documents(cfg.corpus)

@@ -1,4 +1,4 @@
-"""train.py end to end on a tiny model: every stage, resume, kill -9, errors, and torchrun.
+"""train.py end to end on a tiny model: every stage, resume, kill -9 and torchrun.
 
 Small step counts, a one-layer model, short completions: seconds per stage.
 Run: python -m pytest -q tests/test_train.py
@@ -409,30 +409,6 @@ def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(tiny, tmp_path)
     steps = [x["step"] for x in lines(os.path.join(out, "metrics.jsonl"))]
     assert steps == list(range(saved + 2))
     M.load(os.path.join(out, "model"))
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--stage=nope"], "valid: warmup"),
-    (["--nope=1"], "valid keys"),
-    (["--steps=many"], "not a valid int"),
-    (["--demo_levels=1,7"], "levels are (1, 2, 3, 4, 5)"),
-    (["--revise_levels=0"], "levels are (1, 2, 3, 4, 5)"),
-    (["--demo_mix=1,2"], "needs 5 weights"),
-    (["--verdict_weight=-1"], "must be >= 0"),
-    (["--stage=alive", "--model=/no/such/dir"], "not a model directory"),
-])
-def test_bad_input_gives_one_clear_line(args, message, tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args,
-                             f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode != 0
-    assert message in result.stderr and "Traceback" not in result.stderr
-
-
-def test_bad_corpus_file_names_file_and_line(tmp_path):
-    bad = tmp_path / "corpus.jsonl"
-    bad.write_text('{"text": "fine"}\n{"txt": "no text field"}\n')
-    with pytest.raises(SystemExit, match=r"corpus.jsonl:2"):
-        train.parse_args(["--stage=warmup", f"--corpus={bad}"])
 
 
 @pytest.mark.parametrize("stage, args, run_dir", [
