@@ -4,8 +4,8 @@ Every stage appends one JSON object per step to <run>/metrics.jsonl (train.py); 
 known figures (CURVES, plus any other reward/* and acc/*) against the step, a line per run, the
 stages of one run laid end to end with a dotted line where each begins.
 
-    python eval.py --plot=runs/tiny            # -> runs/tiny/curves.png
-    python eval.py --plot=runs/a,runs/b        # two runs on the same axes
+    python eval.py --plot=runs/tiny/alive                 # -> runs/tiny/alive/curves.png
+    python eval.py --plot=runs/c/cmp_alive,runs/c/cmp_scalar  # two runs on the same axes
 
 Tests: tests/test_eval.py.
 """

@@ -439,7 +439,8 @@ def parse_args(argv):
     parser.add_argument("--n_pose", type=int, default=100, help="pose prompts")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="budget of every output")
     parser.add_argument("--batch_size", type=int, default=64, help="prompts per decode batch")
-    parser.add_argument("--hints", action="store_true", help="prefix each prompt with its format")
+    parser.add_argument("--hints", action="store_true",
+                        help="a model with a chat template reads each role's format first")
     parser.add_argument("--plot",
                         help="run directory (or several, comma separated): draw curves.png")
     args, extra = parser.parse_known_args(argv)

@@ -229,8 +229,9 @@ def run_head(policy, packed, head):
 
 def setup_distributed():
     """(rank, world_size, device), starting the process group under torchrun (nccl or gloo).
-    On CUDA fp32 matmuls may use TF32: the fused loss's fp32 logits of bf16 inputs lose nothing
-    by it, a bf16 number being exact in TF32."""
+    On CUDA fp32 matmuls may use TF32 (a 10-bit mantissa): the fused loss's fp32 logits of bf16
+    inputs lose nothing by it (a bf16 number is exact in TF32); its backward's fp32 products and
+    a model kept in fp32 are rounded to it, as in most trainers."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.set_float32_matmul_precision("high")

@@ -7,8 +7,8 @@ text in and text out for the roles; it is what self-play and eval.py call.
 
 The math: from logits z the token is drawn from softmax(z / T), restricted to the smallest set
 of tokens whose probability reaches top_p (nucleus); T = 0 means argmax. The draw inverts the
-cumulative distribution at a uniform u from a CPU generator, so a seed gives the same
-completions on any device.
+cumulative distribution at a uniform u from a CPU generator, so a seed gives the same uniforms
+on any device (and the same completions wherever the logits agree).
 
 Tests: tests/test_model.py (against Hugging Face `generate` and logits);
 benchmark: python tests/bench_generate.py.
@@ -161,7 +161,8 @@ def generate(policy, prompts, max_new_tokens, stop, pad_id, temperature=1.0, top
     SYNC_EVERY steps (the only host sync) the loop stops if all rows are done, and drops the done
     ones once they are a quarter (dropping copies the cache). All uniforms come at once from
     `generator` (CPU; None: global). `lean`: `lean_decoder` where supported, else the HF forward.
-    Returns ordinary tensors, usable as constants in a later backward."""
+    Returns inference tensors: to read (complete() copies them to lists); clone one outside
+    inference mode before it enters a computation autograd records."""
     device, batch = M.device_of(policy), len(prompts)
     ids, mask, positions = left_pad(prompts, pad_id, device)
     max_len = ids.shape[1] + max_new_tokens
@@ -197,7 +198,7 @@ def generate(policy, prompts, max_new_tokens, stop, pad_id, temperature=1.0, top
         next_pos = next_pos + 1
     last = tokens.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(-1)
     finished = (lengths > 0) & torch.isin(last, stop)
-    return Rollout(tokens.clone(), lengths.clone(), finished)
+    return Rollout(tokens, lengths, finished)
 
 
 @dataclass
