@@ -63,6 +63,7 @@ policy, tok = M.load(sys.argv[1], dtype=torch.bfloat16, device="cuda")
 prompts = M.encode(tok, ["#problem\nab\n#solve\n", "#problem\nlonger one here\n#solve\n"])
 packed = M.pack(prompts, [[5, 6, 7], [8, 9]], tok.pad_token_id, "cuda")
 fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+failed = False
 for name, backends in [(b.name, [b]) for b in fused] + [("fused", fused)]:
     results = []
     for what, call in (("decode", lambda: sampling.generate(policy, prompts, 8, [-1], 0, temperature=0)),
@@ -72,6 +73,11 @@ for name, backends in [(b.name, [b]) for b in fused] + [("fused", fused)]:
                 call()
             results.append(f"{what} ok")
         except RuntimeError as e:
-            results.append(f"{what} refused ({str(e).splitlines()[0][:60]})")
+            # only "No available kernel" is the backend refusing the call; anything else is a bug
+            refused = "No available kernel" in str(e)
+            failed = failed or not refused
+            results.append(f"{what} {'refused' if refused else 'FAILED'} "
+                           f"({str(e).splitlines()[0][:60]})")
     print(f"SMOKE kernels {name}: " + ", ".join(results))
+sys.exit(1 if failed else 0)
 EOF
