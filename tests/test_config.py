@@ -51,9 +51,11 @@ def test_out_of_range_values_are_refused_by_name(arg, message):
 
 
 def test_the_defaults_and_their_edges_are_accepted():
-    train.parse_args([])
-    train.parse_args(["--top_p=1", "--temperature=0", "--posings=0", "--judge_anchor=0",
-                      "--verdict_weight=0", "--merge_density=1"])
+    assert train.parse_args([]) == train.Config()
+    cfg = train.parse_args(["--top_p=1", "--temperature=0", "--posings=0", "--judge_anchor=0",
+                            "--verdict_weight=0", "--merge_density=1"])
+    assert (cfg.top_p, cfg.temperature, cfg.posings, cfg.judge_anchor, cfg.verdict_weight,
+            cfg.merge_density) == (1, 0, 0, 0, 0, 1)
 
 
 def test_bad_corpus_file_names_file_and_line(tmp_path):
