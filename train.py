@@ -171,6 +171,9 @@ def parse_args(argv):
         if not 0 < getattr(cfg, key) <= high:
             sys.exit(f"train.py: --{key}={getattr(cfg, key)} must be "
                      + (f"in (0, {high}]" if high < math.inf else "> 0"))
+    missing = [d for d in cfg.merge_models.split(",") if cfg.merge_models and not os.path.isdir(d)]
+    if missing:
+        sys.exit(f"train.py: --merge_models: no such directory {', '.join(missing)}")
     if cfg.corpus:
         try:
             warmup.corpus_documents(cfg.corpus)
