@@ -2,7 +2,9 @@
 
 Every stage appends one JSON object per step to <run>/metrics.jsonl (train.py); this draws the
 known figures (CURVES, plus any other reward/* and acc/*) against the step, a line per run, the
-stages of one run laid end to end with a dotted line where each begins.
+stages of one run laid end to end with a dotted line where each begins. `group_table` sums the
+RL steps' group counts (selfplay.group_counts) into the table `--stage=compare` prints: how many
+groups GRPO could not learn from, and how many of those a revision rescued.
 
     python eval.py --plot=runs/tiny/alive                 # -> runs/tiny/alive/curves.png
     python eval.py --plot=runs/c/cmp_alive,runs/c/cmp_scalar  # two runs on the same axes
@@ -54,6 +56,21 @@ def steps_of(rows):
             offset = xs[-1] + 1 - step
         xs.append(step + offset)
     return xs
+
+
+def group_table(runs, labels, families):
+    """Markdown: per RL run and family, its groups whose solutions were all wrong, of all its
+    groups, and (in brackets) how many of those a revision rescued, summed over every step."""
+    lines = ["| all-wrong groups / groups (rescued) | " + " | ".join(families) + " |",
+             "|---|" + "---|" * len(families)]
+    for run, label in zip(runs, labels):
+        rows = read_metrics(run)
+        total = {key: sum(r.get(key) or 0 for r in rows)
+                 for f in families for key in (f"groups/{f}", f"all_wrong/{f}", f"rescued/{f}")}
+        lines.append(f"| {label} | " + " | ".join(
+            f"{total[f'all_wrong/{f}']:.0f} / {total[f'groups/{f}']:.0f} "
+            f"({total[f'rescued/{f}']:.0f})" for f in families) + " |")
+    return "\n".join(lines)
 
 
 def plot_curves(runs, out_png, labels=None):

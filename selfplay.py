@@ -39,7 +39,11 @@ Simplifications, stated plainly:
   - DPO in `refine` uses the sampling policy as its reference (no second copy).
 
     python train.py --stage=alive --model=runs/tiny/warmup/model --out=runs/a [--reward=scalar]
+
+Tests: tests/test_selfplay.py (one step's rollouts with a scripted sampler).
 """
+from typing import NamedTuple
+
 import eval as evaluation
 import model as M
 import refine as R
@@ -47,6 +51,14 @@ import roles
 import sampling
 import tasks
 import update
+
+
+class Group(NamedTuple):
+    """One problem's solutions in a step: what the curriculum and the group counts read."""
+    family: str
+    level: int
+    correct: list   # the verifier's 0/1 for each solution
+    rescued: bool   # a revision of one of them was right, whole chain (alive; False in scalar)
 
 
 def sample_texts(policy, tok, prompts, cfg, gen):
@@ -80,10 +92,11 @@ def scalar_rollouts(policy, tok, cfg, plan, rng, gen):
     correct = [evaluation.score(task_list[i], s.text) for i, s in zip(owner, sols)]
     adv, keep = R.group_advantages(correct, owner)
     stats = {"reward/solve": correct, "acc/solve": correct}
-    solved = [(task_list[i].family, task_list[i].level, c) for i, c in zip(owner, correct)]
+    groups = [Group(t.family, t.level, correct[i * cfg.solutions:(i + 1) * cfg.solutions], False)
+              for i, t in enumerate(task_list)]
     samples = [update.Sample("solve", s.prompt_ids, s.ids, [a] * len(s.ids))
                for s, a, k in zip(sols, adv.tolist(), keep.tolist()) if k and s.ids]
-    return samples, stats, solved, []
+    return samples, stats, groups, []
 
 
 def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
@@ -153,7 +166,8 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
              "judge_agreement": [R.agreement(v, c)
                                  for p in problems for v, c in zip(p.verdicts, p.correct)],
              "corrected": [float(g > 0) for p in problems for g in p.gains]}
-    solved = [(p.task.family, p.task.level, c) for p in problems for c in p.correct]
+    groups = [Group(p.task.family, p.task.level, p.correct, any(g > 0 for g in p.gains))
+              for p in problems]
     # one whole rollout for samples.jsonl: the first posing, and the first problem (that
     # posing's if it was valid) with its solutions, critiques and revisions
     first = problems[0]
@@ -165,7 +179,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
                             for s, c, k, v, r, g in zip(first.solutions, first.correct,
                                                         first.critiques, first.verdicts,
                                                         first.revised, first.gains)]}]
-    return samples, stats, solved, shown
+    return samples, stats, groups, shown
 
 
 def audited_pointer(task, solution, critique):
@@ -203,11 +217,25 @@ def means_over_ranks(stats):
             for key, total, count in zip(stats, sums[0::2], sums[1::2])}
 
 
-def update_curriculum(curriculum, history, solved, cfg):
+def group_counts(families, groups):
+    """Per family, the step's groups, those whose solutions were all wrong (a group advantage
+    learns nothing from them: GRPO's blind spot) and those of them that a revision rescued (a
+    whole right chain, trained as the group's one right sample; alive only). Counts, so a run's
+    totals are sums over its metrics.jsonl (curves.group_totals)."""
+    counts = {}
+    for family in families:
+        mine = [g for g in groups if g.family == family]
+        wrong = [g for g in mine if not any(g.correct)]
+        counts.update({f"groups/{family}": len(mine), f"all_wrong/{family}": len(wrong),
+                       f"rescued/{family}": sum(g.rescued for g in wrong)})
+    return counts
+
+
+def update_curriculum(curriculum, history, groups, cfg):
     """Raise a family's level when the solver beats `promote` there, lower it below `demote`."""
-    for family, level, correct in solved:
-        if level == curriculum.get(family):
-            history.setdefault(family, []).append(correct)
+    for g in groups:
+        if g.level == curriculum.get(g.family):
+            history.setdefault(g.family, []).extend(g.correct)
     for family, results in history.items():
         if len(results) >= 16:
             rate = sum(results) / len(results)
@@ -239,17 +267,18 @@ def rl_step(policy, optimizer, tok, cfg, step, rank, state):
     plan = seed_plan(rng, cfg, state["curriculum"])
     policy.eval()
     if cfg.reward == "scalar":
-        samples, stats, solved, shown = scalar_rollouts(policy, tok, cfg, plan, rng, gen)
+        samples, stats, groups, shown = scalar_rollouts(policy, tok, cfg, plan, rng, gen)
     else:
-        samples, stats, solved, shown = alive_rollouts(policy, tok, cfg, plan, rng, gen, step)
+        samples, stats, groups, shown = alive_rollouts(policy, tok, cfg, plan, rng, gen, step)
         samples += judge_anchor(rng, tok, cfg, plan)
     policy.train()
     metrics = update.train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "pg",
                               cfg.ppo_epochs)
-    # every rank must agree on the curriculum: gather the (family, level, correct) triples
-    everyone = M.all_gather_objects(solved)
-    update_curriculum(state["curriculum"], state["history"], sum(everyone, []), cfg)
+    # every rank must agree on the curriculum: gather every rank's groups
+    everyone = sum(M.all_gather_objects(groups), [])
+    update_curriculum(state["curriculum"], state["history"], everyone, cfg)
     metrics.update(means_over_ranks(stats))
+    metrics.update(group_counts(cfg.families.split(","), everyone))
     for role in ("pose", "solve", "judge", "revise"):
         lengths = [len(s.ids) for s in samples if s.role == role]
         metrics[f"len/{role}"] = sum(lengths) / len(lengths) if lengths else None

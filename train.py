@@ -424,6 +424,11 @@ def compare(cfg):
     if not only_main_goes_on():
         return arms
     report_arms(cfg, arms, "compare")
+    groups = curves.group_table([os.path.join(cfg.out, f"cmp_{a}") for a in ("alive", "scalar")],
+                                ["alive", "scalar"], cfg.families.split(","))
+    with open(os.path.join(cfg.out, "compare.md"), "a") as f:
+        f.write("\n" + groups + "\n")
+    print(groups)
     curves.plot_curves([os.path.join(cfg.out, f"cmp_{a}") for a in ("alive", "scalar", "sft")],
                        os.path.join(cfg.out, "compare.png"), labels=["alive", "scalar", "sft"])
     return arms

@@ -395,6 +395,19 @@ def test_curve_keys_and_steps(tmp_path):
     assert xs == [0, 1, 2, 3, 4, 5, 6]  # the second stage starts after the first
 
 
+def test_group_table_sums_each_runs_counts(tmp_path):
+    for run, steps in (("a", [(4, 2, 1), (4, 1, 0), (4, 0, 0)]), ("b", [(2, 2, 0)])):
+        os.makedirs(tmp_path / run)
+        with open(tmp_path / run / "metrics.jsonl", "w") as fh:
+            for groups, wrong, rescued in steps:  # corpus absent: a step before it was logged
+                fh.write(json.dumps({"groups/induction": groups, "all_wrong/induction": wrong,
+                                     "rescued/induction": rescued}) + "\n")
+    table = curves.group_table([str(tmp_path / "a"), str(tmp_path / "b")], ["alive", "scalar"],
+                               ["induction", "corpus"])
+    assert table.split("\n")[2:] == ["| alive | 3 / 12 (1) | 0 / 0 (0) |",
+                                     "| scalar | 2 / 2 (0) | 0 / 0 (0) |"]
+
+
 def test_plot_without_matplotlib_says_so(tmp_path, monkeypatch, capsys):
     write_run(str(tmp_path))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
