@@ -4,7 +4,8 @@ Every stage appends one JSON object per step to <run>/metrics.jsonl (train.py); 
 known figures (CURVES, plus any other reward/* and acc/*) against the step, a line per run, the
 stages of one run laid end to end with a dotted line where each begins. `group_table` sums the
 RL steps' group counts (selfplay.group_counts) into the table `--stage=compare` prints: how many
-groups GRPO could not learn from, and how many of those a revision rescued.
+groups had no right solution (nothing for GRPO to learn from), and how many of those a revision
+rescued.
 
     python eval.py --plot=runs/tiny/alive                 # -> runs/tiny/alive/curves.png
     python eval.py --plot=runs/c/cmp_alive,runs/c/cmp_scalar  # two runs on the same axes

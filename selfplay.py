@@ -17,7 +17,8 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
 --reward=scalar keeps steps 2 and 5 with r = exact match on environment tasks (plain GRPO),
 `posings + environment` of them per seed: as many problems as alive solves.
 The curriculum judges a family once at least 16 of its solutions at its level have gathered:
-their solve rate above --promote raises the level, below --demote lowers it.
+their solve rate above --promote raises the level, below --demote lowers it. Each step also logs,
+per family, its groups with no right solution and how many of those a revision rescued.
 
 `refine_step` (alignment via refinement): one solution per problem, two chains of self-critique
 -> revise from it, DPO on (better, worse) pairs plus NLL on the chains that fixed a wrong answer.
@@ -218,10 +219,11 @@ def means_over_ranks(stats):
 
 
 def group_counts(families, groups):
-    """Per family, the step's groups, those whose solutions were all wrong (a group advantage
-    learns nothing from them: GRPO's blind spot) and those of them that a revision rescued (a
-    whole right chain, trained as the group's one right sample; alive only). Counts, so a run's
-    totals are sums over its metrics.jsonl (curves.group_totals)."""
+    """Per family, the step's groups, those whose solutions were all wrong (scalar GRPO learns
+    nothing from them; in alive only the judge's verdict, where it errs, tells them apart) and
+    those of them that a revision rescued (a whole right chain, trained as a right solution in
+    the solve prompt; alive only). Counts, so a run's totals are sums over its metrics.jsonl
+    (curves.group_table)."""
     counts = {}
     for family in families:
         mine = [g for g in groups if g.family == family]

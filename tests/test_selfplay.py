@@ -18,10 +18,9 @@ import train
 
 def scripted_roles(tok, monkeypatch, known_tasks=None, copies=False, wrong=False):
     """A test double for the sampler, installed in selfplay: poses distinct valid instances,
-    solves right and wrong in turn (`wrong`: always wrong; wrong = corrupted until the final
-    answer is wrong), judges
-    with the programmatic critic, revises correctly (`copies`: the right answer under a wrong
-    first step). It knows a problem's task from `known_tasks`, from what the environment built
+    solves right and wrong in turn (`wrong`: every solution wrong; a wrong one is the reference
+    corrupted until its final answer is wrong), judges with the programmatic critic, revises
+    correctly (`copies`: the right answer under a wrong first step). It knows a problem's task from `known_tasks`, from what the environment built
     from a posing (with the step's randomness, so not the double's own guess) or drew."""
     task_of = {} if known_tasks is None else known_tasks
     rng, critique_of, solved = random.Random(0), {}, [0]
@@ -246,11 +245,13 @@ def test_group_counts_find_the_all_wrong_groups_and_the_revisions_that_rescue_th
     plan = [("deduction", 1), ("induction", 2)]
     cfg = train.parse_args(["--families=deduction,induction,corpus", "--seeds=2", "--posings=2",
                             "--solutions=2", "--environment=0"])
-    for copies in (False, True):
+    for copies, fooled in ((False, False), (True, False), (False, True)):
         scripted_roles(tok, monkeypatch, copies=copies, wrong=True)
+        if fooled:  # the judge accepts every solution: nothing is revised, nothing rescued
+            monkeypatch.setattr(selfplay.roles, "parse_verdict", lambda text: True)
         _, _, groups, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0), None,
                                                   step=0)
-        rescued = 0 if copies else 2  # a copied answer under a wrong step rescues nothing
+        rescued = 0 if copies or fooled else 2  # nor by a right answer under a wrong step
         assert selfplay.group_counts(cfg.families.split(","), groups) == {
             "groups/deduction": 2, "all_wrong/deduction": 2, "rescued/deduction": rescued,
             "groups/induction": 2, "all_wrong/induction": 2, "rescued/induction": rescued,
