@@ -395,11 +395,12 @@ def shared_warmup(cfg):
                      cfg.warmup_steps, warmup.warmup_step, cfg.lr)
 
 
-def report_arms(cfg, arms, name):
-    """Every arm evaluated on the same `compare_eval_n` held-out items; <out>/<name>.md, .json."""
+def report_arms(cfg, arms, name, extra=""):
+    """Every arm evaluated on the same `compare_eval_n` held-out items; <out>/<name>.md (with the
+    `extra` table below, if any), .json."""
     reports = {arm: evaluate_dir(path, os.path.join(cfg.out, f"eval_{arm}.json"), cfg,
                                  cfg.compare_eval_n) for arm, path in arms.items()}
-    table = evaluation.comparison_table(reports)
+    table = evaluation.comparison_table(reports) + (f"\n\n{extra}" if extra else "")
     with open(os.path.join(cfg.out, f"{name}.md"), "w") as f:
         f.write(table + "\n")
     evaluation.write_json(reports, os.path.join(cfg.out, f"{name}.json"))
@@ -412,25 +413,21 @@ def compare(cfg):
     warm = shared_warmup(cfg)
     budget = cfg.compare_minutes * 60
     arms = {"warmup": warm}
+    runs = {arm: os.path.join(cfg.out, f"cmp_{arm}") for arm in ("alive", "scalar", "sft")}
     big = 10**6  # the deadline, not the step count, ends each arm
     for arm, reward in (("alive", "verbal"), ("scalar", "scalar")):
-        arms[arm] = run_stage(dataclasses.replace(cfg, reward=reward), "alive", warm,
-                              os.path.join(cfg.out, f"cmp_{arm}"), big, selfplay.rl_step,
-                              cfg.rl_lr, time.time() + budget)
+        arms[arm] = run_stage(dataclasses.replace(cfg, reward=reward), "alive", warm, runs[arm],
+                              big, selfplay.rl_step, cfg.rl_lr, time.time() + budget)
     # the control continues the warm-up's own mix (no judge-only phase) at a tenth of its rate
-    arms["sft"] = run_stage(dataclasses.replace(cfg, judge_first=0), "sft", warm,
-                            os.path.join(cfg.out, "cmp_sft"), big,
-                            warmup.warmup_step, cfg.lr * 0.1, time.time() + budget)
+    arms["sft"] = run_stage(dataclasses.replace(cfg, judge_first=0), "sft", warm, runs["sft"],
+                            big, warmup.warmup_step, cfg.lr * 0.1, time.time() + budget)
     if not only_main_goes_on():
         return arms
-    report_arms(cfg, arms, "compare")
-    groups = curves.group_table([os.path.join(cfg.out, f"cmp_{a}") for a in ("alive", "scalar")],
-                                ["alive", "scalar"], cfg.families.split(","))
-    with open(os.path.join(cfg.out, "compare.md"), "a") as f:
-        f.write("\n" + groups + "\n")
-    print(groups)
-    curves.plot_curves([os.path.join(cfg.out, f"cmp_{a}") for a in ("alive", "scalar", "sft")],
-                       os.path.join(cfg.out, "compare.png"), labels=["alive", "scalar", "sft"])
+    groups = curves.group_table([runs["alive"], runs["scalar"]], ["alive", "scalar"],
+                                cfg.families.split(","))
+    report_arms(cfg, arms, "compare", groups)
+    curves.plot_curves(list(runs.values()), os.path.join(cfg.out, "compare.png"),
+                       labels=list(runs))
     return arms
 
 
