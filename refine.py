@@ -6,7 +6,8 @@
        poser    r = 1 - p_hat if p_hat > 0, 0 if p_hat = 0; -1 if invalid or a duplicate;
                 0 if held out (its line fixes a problem whose split hash it cannot see)
        solver   r = (1 - alpha) [v = correct] + alpha y      (alpha: 1 -> alpha_floor)
-       judge    r = [v = y] + g of the revision written from its critique (an audit: [v = y])
+       judge    r = [v = y] + mean g of the revisions written from its critique (0 if none;
+                an audit: [v = y])
        reviser  r = g = y(revision) - y(original)             (alignment via refinement;
                 in self-play y(revision) checks the whole chain, tasks.faithful)
        self-correction: a revision with g = 1 also joins its posing's solutions, whole (the
@@ -48,10 +49,10 @@ class Posing:
     verdicts: list = field(default_factory=list)   # parsed: True, False, None (unparsable)
     pointers: list = field(default_factory=list)   # its first wrong step, audited; or None
     steps: list = field(default_factory=list)      # per solution: the step of each token
-    revisions: list = field(default_factory=list)  # per solution: the reviser's completion (the
-    #                                                 revise prompt ends on its start), or None
-    revised: list = field(default_factory=list)    # ... its whole revision in the solve prompt
-    gains: list = field(default_factory=list)      # per solution: the revision's gain (0 if none)
+    revisions: list = field(default_factory=list)  # per solution: the reviser's completions (the
+    #                                                 revise prompt ends on its start); [] if none
+    revised: list = field(default_factory=list)    # ... each whole, in the solve prompt
+    gains: list = field(default_factory=list)      # ... and each one's gain
     audits: list = field(default_factory=list)     # (critique, verdict, truth) of known solutions
 
 
@@ -70,12 +71,13 @@ def self_play_samples(posings, alpha):
             verdict, truth = p.verdicts[j], p.correct[j]
             rows.append(("solve", solution, (1 - alpha) * float(verdict is True) + alpha * truth,
                          ("solve", i), p.steps[j], p.pointers[j]))
-            rows.append(("judge", p.critiques[j], agreement(verdict, truth) + p.gains[j],
+            gain = critique_rewards([p.gains[j]])[0]
+            rows.append(("judge", p.critiques[j], agreement(verdict, truth) + gain,
                          ("judge", i, truth), None, None))
-            if p.revisions[j] is not None:
-                rows.append(("revise", p.revisions[j], p.gains[j], ("revise", i), None, None))
-            if p.gains[j] > 0:  # r = 1 is the group's highest: this sample is only pulled up
-                rows.append(("corrected", p.revised[j], 1.0, ("solve", i), None, None))
+            for revision, whole, g in zip(p.revisions[j], p.revised[j], p.gains[j]):
+                rows.append(("revise", revision, g, ("revise", i), None, None))
+                if g > 0:  # r = 1 is the group's highest: this sample is only pulled up
+                    rows.append(("corrected", whole, 1.0, ("solve", i), None, None))
         for critique, verdict, truth in p.audits:
             rows.append(("judge", critique, agreement(verdict, truth), ("judge", i, truth), None,
                          None))

@@ -6,11 +6,12 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
   2. solve: `solutions` samples per valid problem and per `environment` task of the seed;
   3. judge: each solution critiqued in words, the reference answer in view, its verdict parsed
      and its pointer to the first wrong step kept where the steps before it are right;
-  4. revise: each solution the judge did not accept, conditioned on its critique and started on
-     its fix (roles.revision_start: the steps before the flagged one, then the critique's
-     corrected step; the reviser writes the rest); a revision counts as right only when its
-     whole chain is (tasks.faithful): an answer right under wrong steps (a guess, or a copy when
-     the reviser saw the reference) must not teach the solver;
+  4. revise: each solution the judge did not accept (`all_wrong_revisions` times when none of
+     its problem's solutions is right: GRPO has no signal there), conditioned on its critique
+     and started on its fix (roles.revision_start: the steps before the flagged one, then the
+     critique's corrected step; the reviser writes the rest); a revision counts as right only
+     when its whole chain is (tasks.faithful): an answer right under wrong steps (a guess, or a
+     copy when the reviser saw the reference) must not teach the solver;
   5. learn: refine.self_play_samples turns the record into rewards per role, group advantages
      A = (r - mean r) / std r and token credit; with `judge_anchor` teacher judge pairs
      (NLL) beside them, update.train_on takes one clipped PG step.
@@ -146,17 +147,21 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
         p.critiques.append(c)
         p.verdicts.append(roles.parse_verdict(c.text))
         p.pointers.append(audited_pointer(p.task, s.text, c.text))
-        p.revisions.append(None)
-        p.revised.append(None)
-        p.gains.append(0.0)
-    # 4. revise what the judge did not accept: from its fix of the step it flags, on
-    redo = [(p, j) for p in problems for j, v in enumerate(p.verdicts) if v is not True]
+        p.revisions.append([])
+        p.revised.append([])
+        p.gains.append([])
+    # 4. revise what the judge did not accept, from its fix of the step it flags; a problem
+    # whose solutions are all wrong (GRPO's blind spot) gets `all_wrong_revisions` tries each
+    redo = [(p, j) for p in problems for j, v in enumerate(p.verdicts) if v is not True
+            for _ in range(1 if any(p.correct) else cfg.all_wrong_revisions)]
     asked = [roles.revise_prompt(p.task.prompt, p.solutions[j].text, p.critiques[j].text)
              for p, j in redo]
     for (p, j), prompt, r in zip(redo, asked, sample_texts(policy, tok, asked, cfg, gen)):
-        p.revisions[j] = r
-        p.revised[j] = whole_revision(tok, cfg, p.solutions[j], prompt, r)
-        p.gains[j] = float(R.revision_gain(p.correct[j], tasks.faithful(p.task, p.revised[j].text)))
+        whole = whole_revision(tok, cfg, p.solutions[j], prompt, r)
+        p.revisions[j].append(r)
+        p.revised[j].append(whole)
+        right = tasks.faithful(p.task, whole.text)
+        p.gains[j].append(float(R.revision_gain(p.correct[j], right)))
     # 5. rewards, advantages and credit of every role
     alpha = R.alpha_schedule(step, cfg.alpha_steps, cfg.alpha_floor)
     trained, rewards = R.self_play_samples(posings, alpha)
@@ -166,9 +171,10 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
              "pose_validity": [float(p.task is not None) for p in posings if p.pose is not None],
              "judge_agreement": [R.agreement(v, c)
                                  for p in problems for v, c in zip(p.verdicts, p.correct)],
-             "corrected": [float(g > 0) for p in problems for g in p.gains]}
-    groups = [Group(p.task.family, p.task.level, p.correct, any(g > 0 for g in p.gains))
-              for p in problems]
+             "corrected": [float(any(g > 0 for g in gains))
+                           for p in problems for gains in p.gains]}
+    groups = [Group(p.task.family, p.task.level, p.correct,
+                    any(g > 0 for gains in p.gains for g in gains)) for p in problems]
     # one whole rollout for samples.jsonl: the first posing, and the first problem (that
     # posing's if it was valid) with its solutions, critiques and revisions
     first = problems[0]
@@ -176,7 +182,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
               "valid": posings[0].task is not None,
               "problem": first.task.prompt, "answer": first.task.answer,
               "solutions": [{"text": s.text, "correct": c, "critique": k.text, "verdict": v,
-                             "revision": r and r.text, "revision_gain": g if r else None}
+                             "revisions": [w.text for w in r], "revision_gains": g}
                             for s, c, k, v, r, g in zip(first.solutions, first.correct,
                                                         first.critiques, first.verdicts,
                                                         first.revised, first.gains)]}]

@@ -43,9 +43,10 @@ def posing(correct, verdicts, pointers=None, gains=None, revised=None, family="d
                   held_out, solutions=[Said(3) for _ in correct], correct=correct,
                   critiques=[Said(1) for _ in correct], verdicts=verdicts,
                   pointers=pointers or [None] * n, steps=[[1, 2, 3]] * n,
-                  revisions=[Said(2) if r else None for r in (revised or [False] * n)],
-                  revised=[Said(3) if r else None for r in (revised or [False] * n)],
-                  gains=gains or [0.0] * n)
+                  revisions=[[Said(2)] if r else [] for r in (revised or [False] * n)],
+                  revised=[[Said(3)] if r else [] for r in (revised or [False] * n)],
+                  gains=[[g] if r else [] for g, r in zip(gains or [0.0] * n,
+                                                           revised or [False] * n)])
 
 
 def test_every_roles_reward_follows_its_equation():
@@ -83,19 +84,37 @@ def test_a_revision_that_fixes_the_answer_joins_the_solutions_in_the_solve_promp
     p = posing([0.0, 0.0, 0.0], [False, False, True], gains=[1.0, 0.0, 0.0],
                revised=[True, True, False])
     p.solutions = [Said(3, prompt_ids=("solve", k)) for k in range(3)]
-    p.revisions[0] = Said(2, prompt_ids=("revise", 0))  # what the reviser wrote after its start
-    p.revised[0] = Said(4, prompt_ids=("solve", 0))  # the whole revision, in the solve prompt
+    p.revisions[0] = [Said(2, prompt_ids=("revise", 0))]  # the reviser's tokens after its start
+    p.revised[0] = [Said(4, prompt_ids=("solve", 0))]  # the whole revision, in the solve prompt
     samples, rewards = self_play_samples([p], alpha=1.0)
     corrected = [(c, coef) for role, c, coef in samples if role == "corrected"]
     assert len(corrected) == 1 and rewards["solve"] == [0.0, 0.0, 0.0]
     c, coef = corrected[0]
-    assert c is p.revised[0]
+    assert c is p.revised[0][0]
     revise = [c for role, c, _ in samples if role == "revise"]
-    assert revise == [p.revisions[0], p.revisions[1]]  # the reviser learns its own tokens
+    assert revise == [p.revisions[0][0], p.revisions[1][0]]  # the reviser learns its own tokens
     # rewards 0, 0, 0 and 1 in one group: mean 1/4, population std sqrt(3)/4
     assert coef == pytest.approx([math.sqrt(3)] * 4, rel=1e-5)
     solve = [coef for role, _, coef in samples if role == "solve"]
     assert solve == [pytest.approx([-1 / math.sqrt(3)] * 3, rel=1e-5)] * 3
+
+
+def test_several_revisions_of_one_critique_each_learn_and_the_critique_earns_their_mean_gain():
+    # an all-wrong group (GRPO drops it): three tries from the first critique, two of them right
+    p = posing([0.0, 0.0], [False, False])
+    p.revisions = [[Said(2), Said(2), Said(2)], [Said(2)]]
+    p.revised = [[Said(3), Said(4), Said(5)], [Said(3)]]
+    p.gains = [[1.0, 0.0, 1.0], [0.0]]
+    samples, rewards = self_play_samples([p], alpha=1.0)
+    assert rewards["judge"] == pytest.approx([1 + 2 / 3, 1.0])
+    assert rewards["revise"] == [1.0, 0.0, 1.0, 0.0]
+    corrected = [c for role, c, _ in samples if role == "corrected"]
+    assert corrected == [p.revised[0][0], p.revised[0][2]]
+    # solve group: rewards 0, 0 (the solutions) and 1, 1 (the rescues): advantages -1 and +1
+    solve = [coef for role, _, coef in samples if role == "solve"]
+    assert solve == [pytest.approx([-1.0] * 3, rel=1e-5)] * 2
+    rescues = [coef for role, _, coef in samples if role == "corrected"]
+    assert rescues == [pytest.approx([1.0] * 3, rel=1e-5), pytest.approx([1.0] * 5, rel=1e-5)]
 
 
 def test_a_gain_on_a_wrong_solution_never_pushes_the_judge_off_accepting_a_right_one():

@@ -20,8 +20,9 @@ def scripted_roles(tok, monkeypatch, known_tasks=None, copies=False, wrong=False
     """A test double for the sampler, installed in selfplay: poses distinct valid instances,
     solves right and wrong in turn (`wrong`: every solution wrong; a wrong one is the reference
     corrupted until its final answer is wrong), judges with the programmatic critic, revises
-    correctly (`copies`: the right answer under a wrong first step). It knows a problem's task from `known_tasks`, from what the environment built
-    from a posing (with the step's randomness, so not the double's own guess) or drew."""
+    correctly (`copies`: the right answer under a wrong first step). It knows a problem's task
+    from `known_tasks`, from what the environment built from a posing (with the step's
+    randomness, so not the double's own guess) or drew."""
     task_of = {} if known_tasks is None else known_tasks
     rng, critique_of, solved = random.Random(0), {}, [0]
 
@@ -128,9 +129,9 @@ def test_alive_turns_words_into_per_role_coefficients(tiny, monkeypatch):
     # the problem is the posing's line with what it leaves open (names, forms) drawn afresh
     assert tasks.pose_text(scripted.environment[rollout["problem"]]) == rollout["pose"]
     assert tasks.validate("deduction", rollout["pose"], 1).prompt != rollout["problem"]
-    assert [(x["correct"], x["verdict"], x["revision_gain"]) for x in rollout["solutions"]] == \
-        [(True, True, None), (False, False, 1)] * 2
-    assert all((x["revision"] is None) == x["correct"] for x in rollout["solutions"])
+    assert [(x["correct"], x["verdict"], x["revision_gains"]) for x in rollout["solutions"]] == \
+        [(True, True, []), (False, False, [1.0])] * 2
+    assert all(len(x["revisions"]) == (not x["correct"]) for x in rollout["solutions"])
 
 
 def test_a_pointer_past_the_first_wrong_step_is_dropped(tiny, monkeypatch):
@@ -271,6 +272,28 @@ def test_group_counts_find_the_all_wrong_groups_and_the_revisions_that_rescue_th
         # one solution each: right, wrong, right, wrong; three: 101 010 101 010, none all wrong
         assert (counts["all_wrong/deduction"], counts["all_wrong/induction"]) == \
             ((1, 1) if n == 1 else (0, 0))
+
+
+def test_a_problem_with_no_right_solution_gets_all_wrong_revisions_tries_per_solution(
+        tiny, monkeypatch):
+    """Where every solution of a problem is wrong (no GRPO signal), each rejected one is revised
+    --all_wrong_revisions times; where some are right, once. Every try is the reviser's sample
+    and, when it fixes the answer, a right solution in the solve prompt."""
+    policy, tok = M.load(tiny)
+    plan = [("deduction", 1), ("induction", 2)]
+    cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
+                            "--solutions=2", "--environment=0", "--all_wrong_revisions=3"])
+    for wrong, tries in ((True, 3), (False, 1)):  # all wrong; right and wrong in turn
+        scripted = scripted_roles(tok, monkeypatch, wrong=wrong)
+        samples, stats, groups, _ = selfplay.alive_rollouts(policy, tok, cfg, plan,
+                                                            random.Random(0), None, step=0)
+        rejected = sum(g.correct.count(0.0) for g in groups)
+        assert rejected == (8 if wrong else 4)
+        asked = [p for p in scripted.prompts if roles.role_of(p) == "revise"]
+        assert len(asked) == tries * rejected
+        assert stats["reward/revise"] == [1.0] * (tries * rejected)  # the double revises right
+        assert [s.role for s in samples].count("corrected") == tries * rejected
+        assert stats["corrected"] == ([1.0] * 8 if wrong else [0.0, 1.0] * 4)
 
 
 def test_audits_add_judgements_of_a_reference_and_a_slipped_solution(tiny, monkeypatch):
