@@ -7,7 +7,7 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
   3. judge: each solution critiqued in words, the reference answer in view, its verdict parsed
      and its pointer to the first wrong step kept where the steps before it are right;
   4. revise: each solution the judge did not accept (`all_wrong_revisions` times when none of
-     its problem's solutions is right: GRPO has no signal there), conditioned on its critique
+     its problem's solutions is right: the verifier gives no signal there), conditioned on its critique
      and started on its fix (roles.revision_start: the steps before the flagged one, then the
      critique's corrected step; the reviser writes the rest); a revision counts as right only
      when its whole chain is (tasks.faithful): an answer right under wrong steps (a guess, or a
@@ -151,7 +151,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
         p.revised.append([])
         p.gains.append([])
     # 4. revise what the judge did not accept, from its fix of the step it flags; a problem
-    # whose solutions are all wrong (GRPO's blind spot) gets `all_wrong_revisions` tries each
+    # whose solutions are all wrong (the verifier's blind spot) gets `all_wrong_revisions` each
     redo = [(p, j) for p in problems for j, v in enumerate(p.verdicts) if v is not True
             for _ in range(1 if any(p.correct) else cfg.all_wrong_revisions)]
     asked = [roles.revise_prompt(p.task.prompt, p.solutions[j].text, p.critiques[j].text)

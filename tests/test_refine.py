@@ -72,7 +72,7 @@ def test_samples_take_group_advantages_and_token_credit():
     solve = [coef for role, _, coef in samples if role == "solve"]
     # rewards 1 and 0 in one group: advantages +1 and -1 (population std 0.5)
     assert solve[0] == pytest.approx([1.0] * 3, rel=1e-5)
-    assert solve[1] == pytest.approx([0.0, -1.0, -1.0], rel=1e-5)  # step 1 spared, blame from step 2
+    assert solve[1] == pytest.approx([0.0, -1.0, -1.0], rel=1e-5)  # step 1 spared, blamed from 2
     assert [role for role, _, _ in samples].count("pose") == 0  # a lone poser has no group
     # posers are compared within their family across the batch
     two = [posing([1.0, 0.0], [True, False]), posing([1.0, 1.0], [True, True])]
@@ -84,7 +84,7 @@ def test_a_revision_that_fixes_the_answer_joins_the_solutions_in_the_solve_promp
     p = posing([0.0, 0.0, 0.0], [False, False, True], gains=[1.0, 0.0, 0.0],
                revised=[True, True, False])
     p.solutions = [Said(3, prompt_ids=("solve", k)) for k in range(3)]
-    p.revisions[0] = [Said(2, prompt_ids=("revise", 0))]  # the reviser's tokens after its start
+    p.revisions[0] = [Said(2, prompt_ids=("revise", 0))]  # the reviser's tokens past its start
     p.revised[0] = [Said(4, prompt_ids=("solve", 0))]  # the whole revision, in the solve prompt
     samples, rewards = self_play_samples([p], alpha=1.0)
     corrected = [(c, coef) for role, c, coef in samples if role == "corrected"]

@@ -287,12 +287,18 @@ def test_a_problem_with_no_right_solution_gets_all_wrong_revisions_tries_per_sol
         scripted = scripted_roles(tok, monkeypatch, wrong=wrong)
         samples, stats, groups, _ = selfplay.alive_rollouts(policy, tok, cfg, plan,
                                                             random.Random(0), None, step=0)
-        rejected = sum(g.correct.count(0.0) for g in groups)
+        rejected = sum(g.correct.count(0.0) for g in groups)  # the scripted judge is right
         assert rejected == (8 if wrong else 4)
         asked = [p for p in scripted.prompts if roles.role_of(p) == "revise"]
         assert len(asked) == tries * rejected
         assert stats["reward/revise"] == [1.0] * (tries * rejected)  # the double revises right
-        assert [s.role for s in samples].count("corrected") == tries * rejected
+        fixed = [s for s in samples if s.role == "corrected"]
+        assert len(fixed) == tries * rejected
+        for s in fixed:  # each a right solution, whole, in its problem's solve prompt
+            prompt = tok.decode(s.prompt_ids, skip_special_tokens=True)
+            task = scripted.environment[prompt.split("#problem\n", 1)[1].split("\n#solve", 1)[0]]
+            assert prompt == roles.solve_prompt(task.prompt)
+            assert tok.decode(s.ids, skip_special_tokens=True) == tasks.solve(task)
         assert stats["corrected"] == ([1.0] * 8 if wrong else [0.0, 1.0] * 4)
 
 
