@@ -7,11 +7,11 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
   3. judge: each solution critiqued in words, the reference answer in view, its verdict parsed
      and its pointer to the first wrong step kept where the steps before it are right;
   4. revise: each solution the judge did not accept (`all_wrong_revisions` times when none of
-     its problem's solutions is right: the verifier gives no signal there), conditioned on its critique
-     and started on its fix (roles.revision_start: the steps before the flagged one, then the
-     critique's corrected step; the reviser writes the rest); a revision counts as right only
-     when its whole chain is (tasks.faithful): an answer right under wrong steps (a guess, or a
-     copy when the reviser saw the reference) must not teach the solver;
+     its problem's solutions is right: the verifier gives no signal there), conditioned on its
+     critique and started on its fix (roles.revision_start: the steps before the flagged one,
+     then the critique's corrected step; the reviser writes the rest); a revision counts as
+     right only when its whole chain is (tasks.faithful): an answer right under wrong steps (a
+     guess, or a copy when the reviser saw the reference) must not teach the solver;
   5. learn: refine.self_play_samples turns the record into rewards per role, group advantages
      A = (r - mean r) / std r and token credit; with `judge_anchor` teacher judge pairs
      (NLL) beside them, update.train_on takes one clipped PG step.
