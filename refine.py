@@ -63,6 +63,7 @@ def self_play_samples(posings, alpha):
     rows = []  # (role, completion, reward, group, steps of its tokens, flagged step)
     for i, p in enumerate(posings):
         rate = sum(p.correct) / len(p.correct) if p.correct else 0.0
+        critique_gains = critique_rewards(p.gains)
         if p.pose is not None:
             learnable = (0.0 if p.held_out else -1.0 if p.task is None or p.duplicate else
                          1 - rate if rate else 0.0)
@@ -71,8 +72,7 @@ def self_play_samples(posings, alpha):
             verdict, truth = p.verdicts[j], p.correct[j]
             rows.append(("solve", solution, (1 - alpha) * float(verdict is True) + alpha * truth,
                          ("solve", i), p.steps[j], p.pointers[j]))
-            gain = critique_rewards([p.gains[j]])[0]
-            rows.append(("judge", p.critiques[j], agreement(verdict, truth) + gain,
+            rows.append(("judge", p.critiques[j], agreement(verdict, truth) + critique_gains[j],
                          ("judge", i, truth), None, None))
             for revision, whole, g in zip(p.revisions[j], p.revised[j], p.gains[j]):
                 rows.append(("revise", revision, g, ("revise", i), None, None))

@@ -79,7 +79,7 @@ class Config:
     solutions: int = 4          # alive: N solutions per valid posing
     environment: int = 1        # alive: environment tasks per seed, solved beside its posings
     all_wrong_revisions: int = 1  # alive: revisions per rejected solution of a problem whose
-                                  #   solutions are all wrong (else 1): GRPO has no signal there
+                                  #   solutions are all wrong (else 1): no verifier signal there
     temperature: float = 1.0    # rollout sampling temperature
     top_p: float = 1.0          # rollout nucleus
     max_new_tokens: int = 160   # per completion
@@ -164,9 +164,9 @@ def parse_args(argv):
     # train silently on nothing (a zero grad_clip scales every gradient to 0)
     for key, low in (("batch", 1), ("seeds", 1), ("solutions", 1), ("all_wrong_revisions", 1),
                      ("max_new_tokens", 1), ("micro_batch", 1), ("ppo_epochs", 1),
-                     ("save_every", 1), ("eval_n", 1),
-                     ("compare_eval_n", 1), ("posings", 0), ("environment", 0),
-                     ("judge_anchor", 0), ("temperature", 0), ("verdict_weight", 0)):
+                     ("save_every", 1), ("eval_n", 1), ("compare_eval_n", 1), ("posings", 0),
+                     ("environment", 0), ("judge_anchor", 0), ("temperature", 0),
+                     ("verdict_weight", 0)):
         if getattr(cfg, key) < low:
             sys.exit(f"train.py: --{key}={getattr(cfg, key)} must be >= {low}")
     for key, high in (("top_p", 1), ("merge_density", 1), ("grad_clip", math.inf),

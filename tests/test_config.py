@@ -39,7 +39,7 @@ def test_bad_input_gives_one_clear_line(args, message, tmp_path):
     ("--top_p=0", "--top_p=0.0 must be in (0, 1]"),         # every token masked: bad index
     ("--max_new_tokens=0", "--max_new_tokens=0 must be >= 1"),  # a gather on no columns
     ("--micro_batch=0", "--micro_batch=0 must be >= 1"),    # range() with step 0
-    ("--all_wrong_revisions=0", "--all_wrong_revisions=0 must be >= 1"),  # the old default
+    ("--all_wrong_revisions=0", "--all_wrong_revisions=0 must be >= 1"),  # no revision there
     ("--save_every=0", "--save_every=0 must be >= 1"),      # step % 0 after the first step
     ("--temperature=-0.5", "--temperature=-0.5 must be >= 0"),  # sampled -logits/0.5
     ("--grad_clip=0", "--grad_clip=0.0 must be > 0"),       # every gradient scaled to 0
