@@ -52,6 +52,7 @@ import time
 import torch
 
 import curves
+import jsonl
 import model
 import roles
 import sampling
@@ -182,9 +183,10 @@ def judge_metrics(generate_fn, items, seed):
     texts = generate_fn([roles.judge_prompt(t.prompt, t.answer, s) for t, s, _, _ in cases], 0.0)
     verdicts = [roles.parse_verdict(x) for x in texts]
     agree = [float(v is not None and v == truth) for v, (_, _, truth, _) in zip(verdicts, cases)]
-    # the slip is in the Answer line itself, or in an earlier step whose error carried on
-    slips = [(a, step == len(s.split("\n")), roles.parse_pointer(x) == step)
-             for a, (_, s, truth, step), x in zip(agree, cases, texts) if not truth]
+    # the slip is in the Answer line itself, or in an earlier step whose error carried on (a
+    # chain stopped early counts by its first missing step)
+    slips = [(a, step == len(tasks.solve(t).split("\n")), roles.parse_pointer(x) == step)
+             for a, (t, _, truth, step), x in zip(agree, cases, texts) if not truth]
     return {"agreement": breakdown(agree, [(t.family, t.level) for t, _, _, _ in cases]),
             "on_correct": mean_se([a for a, (_, _, truth, _) in zip(agree, cases) if truth]),
             "on_incorrect": mean_se([a for a, _, _ in slips]),
@@ -261,7 +263,7 @@ def evaluate(generate_fn, families=tasks.FAMILIES, levels=tasks.LEVELS, n=None, 
     if data is None:
         items = held_out(families, levels, n or DEFAULT_N, seed)
     else:
-        items = (tasks.load_eval_set(data) if is_path else list(data))[:n]
+        items = (jsonl.load_eval_set(data) if is_path else list(data))[:n]
     lap("items")
     solver, greedy, correct = solver_metrics(generate_fn, items, samples, temperature)
     lap(f"solve ({len(items)} greedy + {len(items) * samples} sampled)")
@@ -476,7 +478,7 @@ def main(argv=None):
             status = 0 if drawn else 1
         if not args.model:
             return status
-        data = tasks.load_eval_set(args.data) if args.data is not None else None
+        data = jsonl.load_eval_set(args.data) if args.data is not None else None
         policy, tokenizer = load_for_eval(args.model)
     except (argparse.ArgumentError, ValueError, OSError) as e:
         print(f"eval.py: error: {e}", file=sys.stderr)

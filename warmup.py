@@ -22,6 +22,7 @@ import random
 import torch
 
 import eval as evaluation
+import jsonl
 import model as M
 import roles
 import tasks
@@ -81,7 +82,7 @@ def raw_document(rng, cfg):
 def corpus_documents(path):
     """The documents of a --corpus file, read once per process (train.parse_args reads it first,
     so a bad file is refused before any model is built)."""
-    return tasks.load_corpus(path)
+    return jsonl.load_corpus(path)
 
 
 def warmup_step(policy, optimizer, tok, cfg, step, rank, state):

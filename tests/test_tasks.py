@@ -1,10 +1,9 @@
 """Tests for tasks.py: every family solved by brute force written here independently of it, the
 level ladder, the critic against reference and slipped solutions, answer checking, the held-out
-split (canonical, leak-free), structural shortcuts, the size of every cell, posing validation,
-JSONL errors and determinism. Run: python -m pytest -q tests/test_tasks.py
+split (canonical, leak-free), structural shortcuts, the size of every cell, posing validation
+and determinism. Run: python -m pytest -q tests/test_tasks.py
 """
 import itertools
-import json
 import random
 import re
 from collections import Counter
@@ -176,13 +175,34 @@ def test_critic_accepts_references_and_names_the_slipped_step(family):
             for _ in range(3):
                 text, k = tasks.corrupt(t, rng)
                 miscount = family == "induction" and \
-                    text.split("\n")[0].split(" (")[-1] != t.steps[0].split(" (")[-1]  # count
+                    text.split("\n")[0].split(" (")[-1] != t.steps[0].split(" (")[-1] or \
+                    family == "deduction" and k <= len(t.steps) and \
+                    text.split("\n")[:-1] == list(t.steps[:k - 1])  # stopped before step k
                 assert (len(text.split("\n")) == len(tasks.solve(t).split("\n"))) != miscount
                 assert not tasks.check(t, tasks.answer_of(text))  # the slip reaches the answer
                 crit = tasks.critique(t, text)
                 assert crit.startswith(f"Got {tasks.answer_of(text)}, want {t.answer}.\n")
                 assert crit.split("\n")[-1] == "Verdict: incorrect", (text, crit)
                 assert re.search(r"Step (\d+)", crit).group(1) == str(k), (text, k, crit)
+
+
+def test_one_deduction_corruption_in_three_stops_one_or_two_steps_early():
+    """Stopping early is the reference cut short: its first steps, then the values they reached;
+    the critic names the first missing step and writes it (the reviser goes on from it)."""
+    rng, cut = random.Random(6), Counter()
+    for level in tasks.LEVELS:
+        for t in draws("deduction", level, 200, seed=4):
+            text, k = tasks.corrupt(t, rng)
+            *steps, answer = text.split("\n")
+            if len(steps) == len(t.steps):
+                continue
+            cut[len(t.steps) - len(steps)] += 1
+            assert tuple(steps) == t.steps[:len(steps)] and k == len(steps) + 1
+            assert answer == "Answer: " + ",".join(t.answer.split(",")[:len(steps)])
+            assert tasks.first_wrong_step(t, text) == k
+            assert f"Step {k} is wrong: it should be {t.steps[k - 1]}." in tasks.critique(t, text)
+    n = 200 * len(tasks.LEVELS)
+    assert set(cut) == {1, 2} and abs(sum(cut.values()) / n - 1 / 3) < 0.05, cut
 
 
 def test_one_induction_corruption_in_three_miscounts_from_step_1():
@@ -414,32 +434,7 @@ def test_validate_rejects_invalid_posings_with_a_reason():
             assert isinstance(tasks.validate(family, junk, 1, document=doc), str)
 
 
-# ----------------------------------------------------------------------------- loading, determinism
-
-def test_jsonl_loading_and_errors_name_file_and_line(tmp_path):
-    good = tmp_path / "good.jsonl"
-    good.write_text(json.dumps({"question": "2+2?", "answer": " Four "}) + "\n\n"
-                    + json.dumps({"question": "Capital of France?", "answer": "Paris"}) + "\n")
-    evals = tasks.load_eval_set(good)
-    assert [t.family for t in evals] == ["jsonl", "jsonl"] and evals[0].answer == "Four"
-    assert tasks.check(evals[1], " paris. ") and not tasks.check(evals[1], "london")
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text(json.dumps({"text": "ana has 3 pens."}) + "\n")
-    assert tasks.load_corpus(docs) == ["ana has 3 pens."]
-    cases = {
-        "empty.jsonl": (b"", 1),
-        "bad.jsonl": (b'{"text": "ok"}\n{"text": oops}\n', 2),
-        "missing.jsonl": (b'{"text": "ok"}\n{"txt": "x"}\n', 2),
-        "bytes.jsonl": (b'{"text": "ok"}\n{"text": "ok"}\n{"text": "\xff"}\n', 3),
-    }
-    for name, (content, line) in cases.items():
-        path = tmp_path / name
-        path.write_bytes(content)
-        with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:{line}:"):
-            tasks.load_corpus(path)
-    with pytest.raises(ValueError, match=r"missing\.jsonl:1: missing field .question."):
-        tasks.load_eval_set(tmp_path / "missing.jsonl")
-
+# ----------------------------------------------------------------------------- determinism
 
 def test_same_seed_same_tasks():
     for family in tasks.FAMILIES:
