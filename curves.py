@@ -5,7 +5,7 @@ known figures (CURVES, plus any other reward/* and acc/*) against the step, a li
 stages of one run laid end to end with a dotted line where each begins. `group_table` sums the
 RL steps' group counts (selfplay.group_counts) into the table `--stage=compare` prints: how many
 groups had no right solution (nothing for GRPO to learn from), and how many of those a revision
-rescued.
+rescued; `budget_line` the steps each arm took in its time.
 
     python eval.py --plot=runs/tiny/alive                 # -> runs/tiny/alive/curves.png
     python eval.py --plot=runs/c/cmp_alive,runs/c/cmp_scalar  # two runs on the same axes
@@ -72,6 +72,16 @@ def group_table(runs, labels, families):
             f"{total[f'all_wrong/{f}']:.0f} / {total[f'groups/{f}']:.0f} "
             f"({total[f'rescued/{f}']:.0f})" for f in families) + " |")
     return "\n".join(lines)
+
+
+def budget_line(runs, labels):
+    """One line: each run's steps and their summed seconds, and the --compare_steps value that
+    reruns them step for step (a timed arm's step count follows the machine's speed)."""
+    counts = [(len(rows), sum(r.get("seconds") or 0 for r in rows))
+              for rows in map(read_metrics, runs)]
+    return ("Steps (seconds) of each arm: " + ", ".join(
+        f"{label} {n:,} ({sec:.0f} s)" for label, (n, sec) in zip(labels, counts))
+        + f". Rerun them step for step: --compare_steps={','.join(str(n) for n, _ in counts)}")
 
 
 def plot_curves(runs, out_png, labels=None):

@@ -13,10 +13,10 @@ Item i gives x_i in [0, 1]; over n items p = (1/n) sum_i x_i, se = sqrt(sum_i (x
   accuracy         x_i = 1 if the greedy `Answer:` line passes tasks.check (contract `accuracy`)
   pass@j at T      k = `samples` draws, c_i right: x_i = 1 - C(k - c_i, j) / C(k, j), j in (1, k)
   judge agreement  greedy verdict (none counts 0) on the reference solution (truth: correct) and
-                   its tasks.corrupt one-step corruption (incorrect); means per class
-                   `on_correct` / `on_incorrect`, the latter split into `on_wrong_answer` (the
-                   Answer line) / `on_wrong_step` (an earlier slip carried on); `names_the_step`:
-                   the critique's parse_pointer hits the slipped step
+                   its tasks.corrupt corruption (incorrect); means per class `on_correct` /
+                   `on_incorrect`, the latter split into `on_wrong_answer` (the Answer line) /
+                   `on_wrong_step` (an earlier slip carried on, or a miscount);
+                   `names_the_step`: the critique's parse_pointer hits the slipped step
   self-correction  on n_judge items the model judges its greedy s (with the reference answer)
                    and, unless its verdict is "correct", revises s given its critique:
                    wrong_to_right = #(s wrong, final right) / n, right_to_wrong likewise, `net` =

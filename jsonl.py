@@ -50,6 +50,7 @@ def load_corpus(path):
 
 
 def load_eval_set(path):
-    """Tasks (family 'jsonl', level 0, checked by `tasks.check`) from `{"question":, "answer":}` lines."""
+    """Tasks (family 'jsonl', level 0, checked by `tasks.check`) from `{"question":, "answer":}`
+    lines."""
     return [tasks.Task("jsonl", 0, str(row["question"]), str(row["answer"]).strip())
             for row in _read_jsonl(path, ("question", "answer"))]

@@ -336,10 +336,10 @@ DEMO_KINDS = ("solve", "judge", "revise", "pose", "text")  # "text": a raw docum
 def demonstrations(rng, family, level, kind):
     """(prompt, completion)s of one demonstration of `kind` (a role) on a fresh train task. A
     judge demonstration is a contrastive pair: the task's reference solution and the same
-    solution with one slip (tasks.corrupt), each with its critique. Shown one at a time, the
-    tiny judge stayed at chance on the numeric and letter answers for 2,000 steps; shown side by
-    side in one batch, the two differ in one step and the answer, and the comparison is learned
-    (docs/findings.md, "How the tiny world became learnable")."""
+    solution corrupted (tasks.corrupt: one slip, or a miscount), each with its critique. Shown
+    one at a time, the tiny judge stayed at chance on the numeric and letter answers for 2,000
+    steps; shown side by side in one batch, the two differ in a step and the answer, and the
+    comparison is learned (docs/findings.md, "How the tiny world became learnable")."""
     task = tasks.sample(family, level, rng, "train")
     if kind == "solve":
         return [(solve_prompt(task.prompt), tasks.solve(task))]

@@ -28,6 +28,7 @@ import gc
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -112,6 +113,8 @@ class Config:
     save_every: int = 20        # steps between resumable checkpoints
     eval_n: int = 200           # held-out solver items per evaluation in `all`
     compare_minutes: float = 4.0  # compare: wall minutes of each of the three arms
+    compare_steps: str = ""     # compare: "A,S,F" steps of alive, scalar, SFT in their place
+                                #   (a timed comparison rerun step for step: compare.md's line)
     compare_eval_n: int = 600   # compare, meta: held-out items for the final table
     hints: bool = False         # prepend format hints to role prompts (for chat models)
     checkpointing: str = "auto"  # activation checkpointing: auto (on with CUDA) | on | off
@@ -174,6 +177,9 @@ def parse_args(argv):
         if not 0 < getattr(cfg, key) <= high:
             sys.exit(f"train.py: --{key}={getattr(cfg, key)} must be "
                      + (f"in (0, {high}]" if high < math.inf else "> 0"))
+    if cfg.compare_steps and not re.fullmatch(r"[1-9]\d*,[1-9]\d*,[1-9]\d*", cfg.compare_steps):
+        sys.exit(f"train.py: --compare_steps={cfg.compare_steps!r} needs three step counts "
+                 "> 0, of alive, scalar and SFT: --compare_steps=177,474,722")
     missing = [d for d in cfg.merge_models.split(",") if cfg.merge_models and not os.path.isdir(d)]
     if missing:
         sys.exit(f"train.py: --merge_models: no such directory {', '.join(missing)}")
@@ -412,23 +418,32 @@ def report_arms(cfg, arms, name, extra=""):
 
 
 def compare(cfg):
-    """alive vs --reward=scalar vs SFT control, equal wall time each, from one warm-up."""
+    """alive vs --reward=scalar vs SFT control from one warm-up: equal wall time each, or the
+    steps --compare_steps gives each."""
     warm = shared_warmup(cfg)
-    budget = cfg.compare_minutes * 60
     arms = {"warmup": warm}
     runs = {arm: os.path.join(cfg.out, f"cmp_{arm}") for arm in ("alive", "scalar", "sft")}
-    big = 10**6  # the deadline, not the step count, ends each arm
+    # each arm ends at its deadline (so its step count follows the machine's speed), or after
+    # the steps --compare_steps gives it: these stages' rates do not depend on the horizon, so
+    # a timed arm's first N steps are an N-step run's
+    fixed = dict(zip(runs, map(int, cfg.compare_steps.split(",")))) if cfg.compare_steps else {}
+
+    def steps_and_deadline(arm):
+        return (fixed[arm], None) if fixed else (10**6, time.time() + cfg.compare_minutes * 60)
+
     for arm, reward in (("alive", "verbal"), ("scalar", "scalar")):
+        steps, deadline = steps_and_deadline(arm)
         arms[arm] = run_stage(dataclasses.replace(cfg, reward=reward), "alive", warm, runs[arm],
-                              big, selfplay.rl_step, cfg.rl_lr, time.time() + budget)
+                              steps, selfplay.rl_step, cfg.rl_lr, deadline)
     # the control continues the warm-up's own mix (no judge-only phase) at a tenth of its rate
+    steps, deadline = steps_and_deadline("sft")
     arms["sft"] = run_stage(dataclasses.replace(cfg, judge_first=0), "sft", warm, runs["sft"],
-                            big, warmup.warmup_step, cfg.lr * 0.1, time.time() + budget)
+                            steps, warmup.warmup_step, cfg.lr * 0.1, deadline)
     if not only_main_goes_on():
         return arms
-    groups = curves.group_table([runs["alive"], runs["scalar"]], ["alive", "scalar"],
-                                cfg.families.split(","))
-    report_arms(cfg, arms, "compare", groups)
+    extra = curves.budget_line(list(runs.values()), list(runs)) + "\n\n" + curves.group_table(
+        [runs["alive"], runs["scalar"]], ["alive", "scalar"], cfg.families.split(","))
+    report_arms(cfg, arms, "compare", extra)
     curves.plot_curves(list(runs.values()), os.path.join(cfg.out, "compare.png"),
                        labels=list(runs))
     return arms

@@ -4,7 +4,7 @@ Each step draws `batch` samples: a role by --demo_mix (solve, judge, revise, pos
 a family, a level of that role's levels (--demo_levels; --judge_levels for the judge and the
 poser, --revise_levels for the reviser), and the programmatic teacher's demonstration of that role
 (roles.demonstrations; a judge demonstration is a pair, the same task with its reference
-solution and with one slip). The loss is the completion tokens' weighted negative
+solution and corrupted). The loss is the completion tokens' weighted negative
 log-likelihood, L = -(1/T) sum_t w_t log pi(y_t | prompt, y_<t), one optimizer step per batch
 (update.train_on), with w_t = 1 except, while the batch is judge pairs alone, on the token of
 a critique that decides its verdict (`verdict_token`), which weighs --verdict_weight.

@@ -46,6 +46,8 @@ def test_bad_input_gives_one_clear_line(args, message, tmp_path):
     ("--merge_density=0", "--merge_density=0.0 must be in (0, 1]"),  # after three align runs
     ("--rl_lr=-1e-5", "--rl_lr=-1e-05 must be > 0"),
     ("--merge_models=/no/a,/no/b", "--merge_models: no such directory /no/a, /no/b"),
+    ("--compare_steps=177,474", "--compare_steps='177,474' needs three step counts > 0"),
+    ("--compare_steps=1,0,2", "--compare_steps='1,0,2' needs three step counts > 0"),
 ])
 def test_out_of_range_values_are_refused_by_name(arg, message):
     with pytest.raises(SystemExit, match=re.escape(message)):

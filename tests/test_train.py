@@ -5,6 +5,7 @@ Run: python -m pytest -q tests/test_train.py
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,6 +170,17 @@ def test_all_compare_and_meta_write_their_tables(tiny, tmp_path):
         in table and "\n| alive | " in table and "\n| scalar | " in table
     for arm in ("alive", "scalar", "sft"):  # a zero budget: each arm stops after its first step
         assert len(lines(os.path.join(out, f"cmp_{arm}", "metrics.jsonl"))) == 1
+    assert "Rerun them step for step: --compare_steps=1,1,1" in table
+    # the same comparison by step counts: the timed arms' steps are the fixed-step runs' steps
+    again = str(tmp_path / "again")
+    shutil.copytree(os.path.join(out, "warmup"), os.path.join(again, "warmup"))
+    run("--stage=compare", f"--out={again}", "--compare_steps=1,1,2", "--compare_eval_n=8")
+    for arm, steps in (("alive", 1), ("scalar", 1), ("sft", 2)):
+        assert len(lines(os.path.join(again, f"cmp_{arm}", "metrics.jsonl"))) == steps
+    for arm in ("alive", "scalar"):
+        timed, fixed = (weights(os.path.join(d, f"cmp_{arm}", "model")) for d in (out, again))
+        assert all(torch.equal(timed[k], fixed[k]) for k in timed)
+    assert "--compare_steps=1,1,2" in open(os.path.join(again, "compare.md")).read()
     run("--stage=meta", f"--out={out}", "--steps=1", "--compare_eval_n=8")  # the same warm-up
     reports = json.load(open(os.path.join(out, "meta.json")))
     assert list(reports) == ["warmup", "deduction", "induction", "abduction", "merged", "domain"]
