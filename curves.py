@@ -61,16 +61,22 @@ def steps_of(rows):
 
 def group_table(runs, labels, families):
     """Markdown: per RL run and family, its groups whose solutions were all wrong, of all its
-    groups, and (in brackets) how many of those a revision rescued, summed over every step."""
+    groups, and (in brackets) how many of those a revision rescued, summed over every step; for
+    a run with a judge, a row more: the wrong solutions it accepted, of those it judged."""
     lines = ["| all-wrong groups / groups (rescued) | " + " | ".join(families) + " |",
              "|---|" + "---|" * len(families)]
+    keys = ("groups", "all_wrong", "rescued", "judged_wrong", "accepted_wrong")
     for run, label in zip(runs, labels):
         rows = read_metrics(run)
-        total = {key: sum(r.get(key) or 0 for r in rows)
-                 for f in families for key in (f"groups/{f}", f"all_wrong/{f}", f"rescued/{f}")}
+        total = {(key, f): sum(r.get(f"{key}/{f}") or 0 for r in rows)
+                 for f in families for key in keys}
         lines.append(f"| {label} | " + " | ".join(
-            f"{total[f'all_wrong/{f}']:.0f} / {total[f'groups/{f}']:.0f} "
-            f"({total[f'rescued/{f}']:.0f})" for f in families) + " |")
+            f"{total['all_wrong', f]:.0f} / {total['groups', f]:.0f} "
+            f"({total['rescued', f]:.0f})" for f in families) + " |")
+        if any(total["judged_wrong", f] for f in families):
+            lines.append(f"| {label}: wrong solutions its judge accepted / judged | " + " | ".join(
+                f"{total['accepted_wrong', f]:.0f} / {total['judged_wrong', f]:.0f}"
+                for f in families) + " |")
     return "\n".join(lines)
 
 

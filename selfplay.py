@@ -61,6 +61,7 @@ class Group(NamedTuple):
     level: int
     correct: list   # the verifier's 0/1 for each solution
     rescued: bool   # a revision of one of them was right, whole chain (alive; False in scalar)
+    accepted: list  # for each solution, did the judge say "correct" (alive; empty in scalar)
 
 
 def sample_texts(policy, tok, prompts, cfg, gen):
@@ -94,8 +95,8 @@ def scalar_rollouts(policy, tok, cfg, plan, rng, gen):
     correct = [evaluation.score(task_list[i], s.text) for i, s in zip(owner, sols)]
     adv, keep = R.group_advantages(correct, owner)
     stats = {"reward/solve": correct, "acc/solve": correct}
-    groups = [Group(t.family, t.level, correct[i * cfg.solutions:(i + 1) * cfg.solutions], False)
-              for i, t in enumerate(task_list)]
+    groups = [Group(t.family, t.level, correct[i * cfg.solutions:(i + 1) * cfg.solutions], False,
+                    []) for i, t in enumerate(task_list)]
     samples = [update.Sample("solve", s.prompt_ids, s.ids, [a] * len(s.ids))
                for s, a, k in zip(sols, adv.tolist(), keep.tolist()) if k and s.ids]
     return samples, stats, groups, []
@@ -174,7 +175,8 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
              "corrected": [float(any(g > 0 for g in gains))
                            for p in problems for gains in p.gains]}
     groups = [Group(p.task.family, p.task.level, p.correct,
-                    any(g > 0 for gains in p.gains for g in gains)) for p in problems]
+                    any(g > 0 for gains in p.gains for g in gains), [v is True for v in p.verdicts])
+              for p in problems]
     # one whole rollout for samples.jsonl: the first posing, and the first problem (that
     # posing's if it was valid) with its solutions, critiques and revisions
     first = problems[0]
@@ -228,14 +230,18 @@ def group_counts(families, groups):
     """Per family, the step's groups, those whose solutions were all wrong (scalar GRPO learns
     nothing from them; in alive only the judge's verdict, where it errs, tells them apart) and
     those of them that a revision rescued (a whole right chain, trained as a right solution in
-    the solve prompt; alive only). Counts, so a run's totals are sums over its metrics.jsonl
-    (curves.group_table)."""
+    the solve prompt; alive only); and the wrong solutions judged, with those the judge accepted
+    (alive only): on the policy's own errors, which the eval's corrupted solutions may not
+    resemble. Counts, so a run's totals are sums over its metrics.jsonl (curves.group_table)."""
     counts = {}
     for family in families:
         mine = [g for g in groups if g.family == family]
         wrong = [g for g in mine if not any(g.correct)]
+        verdicts = [a for g in mine for c, a in zip(g.correct, g.accepted) if not c]
         counts.update({f"groups/{family}": len(mine), f"all_wrong/{family}": len(wrong),
-                       f"rescued/{family}": sum(g.rescued for g in wrong)})
+                       f"rescued/{family}": sum(g.rescued for g in wrong),
+                       f"judged_wrong/{family}": len(verdicts),
+                       f"accepted_wrong/{family}": sum(verdicts)})
     return counts
 
 

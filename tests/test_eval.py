@@ -400,12 +400,16 @@ def test_group_table_sums_each_runs_counts(tmp_path):
         os.makedirs(tmp_path / run)
         with open(tmp_path / run / "metrics.jsonl", "w") as fh:
             for groups, wrong, rescued in steps:  # corpus absent: a step before it was logged
+                judged = {"judged_wrong/induction": 2 * wrong, "accepted_wrong/induction": rescued}
                 fh.write(json.dumps({"groups/induction": groups, "all_wrong/induction": wrong,
-                                     "rescued/induction": rescued}) + "\n")
+                                     "rescued/induction": rescued,
+                                     **(judged if run == "a" else {})}) + "\n")
     table = curves.group_table([str(tmp_path / "a"), str(tmp_path / "b")], ["alive", "scalar"],
                                ["induction", "corpus"])
-    assert table.split("\n")[2:] == ["| alive | 3 / 12 (1) | 0 / 0 (0) |",
-                                     "| scalar | 2 / 2 (0) | 0 / 0 (0) |"]
+    assert table.split("\n")[2:] == [
+        "| alive | 3 / 12 (1) | 0 / 0 (0) |",
+        "| alive: wrong solutions its judge accepted / judged | 1 / 6 | 0 / 0 |",
+        "| scalar | 2 / 2 (0) | 0 / 0 (0) |"]
 
 
 def test_plot_without_matplotlib_says_so(tmp_path, monkeypatch, capsys):

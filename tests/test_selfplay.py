@@ -253,10 +253,14 @@ def test_group_counts_find_the_all_wrong_groups_and_the_revisions_that_rescue_th
         _, _, groups, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0), None,
                                                   step=0)
         rescued = 0 if copies or fooled else 2  # nor by a right answer under a wrong step
+        accepted = 4 if fooled else 0  # of the family's 2 x 2 wrong solutions
         assert selfplay.group_counts(cfg.families.split(","), groups) == {
             "groups/deduction": 2, "all_wrong/deduction": 2, "rescued/deduction": rescued,
+            "judged_wrong/deduction": 4, "accepted_wrong/deduction": accepted,
             "groups/induction": 2, "all_wrong/induction": 2, "rescued/induction": rescued,
-            "groups/corpus": 0, "all_wrong/corpus": 0, "rescued/corpus": 0}
+            "judged_wrong/induction": 4, "accepted_wrong/induction": accepted,
+            "groups/corpus": 0, "all_wrong/corpus": 0, "rescued/corpus": 0,
+            "judged_wrong/corpus": 0, "accepted_wrong/corpus": 0}
     # scalar: one group per environment task, its solutions in the order they were sampled
     scripted = scripted_roles(tok, monkeypatch)  # right and wrong in turn
     monkeypatch.setattr(selfplay.tasks, "sample", scripted.recording(tasks.sample))
@@ -266,6 +270,7 @@ def test_group_counts_find_the_all_wrong_groups_and_the_revisions_that_rescue_th
         _, stats, groups, _ = selfplay.scalar_rollouts(policy, tok, cfg, plan, random.Random(0),
                                                        None)
         assert [len(g.correct) for g in groups] == [n] * 4 and not any(g.rescued for g in groups)
+        assert not any(g.accepted for g in groups)  # no judge
         assert sum((g.correct for g in groups), []) == stats["acc/solve"]
         assert [(g.family, g.level) for g in groups] == [plan[0]] * 2 + [plan[1]] * 2
         counts = selfplay.group_counts(["deduction", "induction"], groups)
