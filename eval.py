@@ -23,7 +23,7 @@ Item i gives x_i in [0, 1]; over n items p = (1/n) sum_i x_i, se = sqrt(sum_i (x
                    after - before accuracy; `wrong_to_right_faithful` counts only revisions
                    that are the reference chain (tasks.faithful: a right answer under
                    wrong steps is a guess or a copy, not a correction);
-                   `verdict_agreement`: its verdict vs tasks.check
+                   `verdict_agreement`: its verdict vs tasks.check (the judge on its own errors)
   by item          `greedy_by_item`: [family, level, 0/1, problem hash] per item; two models scored
                    on the same items differ by mean(x_i - x'_i) with se from those differences
   posing           n_pose pose prompts at T: validity = share parse_pose reads and tasks.validate
@@ -260,10 +260,8 @@ def evaluate(generate_fn, families=tasks.FAMILIES, levels=tasks.LEVELS, n=None, 
         seconds[name] = round(clock[-1] - clock[-2], 2)
         log(f"{name}: {seconds[name]:.1f} s")
     is_path = isinstance(data, (str, os.PathLike))
-    if data is None:
-        items = held_out(families, levels, n or DEFAULT_N, seed)
-    else:
-        items = (jsonl.load_eval_set(data) if is_path else list(data))[:n]
+    items = held_out(families, levels, n or DEFAULT_N, seed) if data is None else \
+        (jsonl.load_eval_set(data) if is_path else list(data))[:n]
     lap("items")
     solver, greedy, correct = solver_metrics(generate_fn, items, samples, temperature)
     lap(f"solve ({len(items)} greedy + {len(items) * samples} sampled)")
@@ -361,6 +359,8 @@ def comparison_table(reports):
     rows += [("judge agreement", lambda r: (r["judge"] or {}).get("agreement", {}).get("overall")),
              ("judge accepts a reference solution", lambda r: (r["judge"] or {}).get("on_correct")),
              ("judge rejects a wrong solution", lambda r: (r["judge"] or {}).get("on_incorrect")),
+             ("judge agrees on its own solution",
+              lambda r: (r["self_correction"] or {}).get("verdict_agreement")),
              ("self-correction net", lambda r: (r["self_correction"] or {}).get("net_change")),
              ("pose validity", lambda r: (r["pose"] or {}).get("validity", {}).get("overall")),
              ("self-correction wrong->right", lambda r: r["self_correction"].get("wrong_to_right")),

@@ -245,6 +245,7 @@ def test_comparison_table_with_and_without_the_judge():
     assert rows["accuracy, induction"] == ["1.000±0.000", "1.000±0.000"]
     assert rows["judge agreement"] == ["1.000±0.000", "-"]
     assert rows["judge rejects a wrong solution"] == ["1.000±0.000", "-"]
+    assert rows["judge agrees on its own solution"] == ["1.000±0.000", "-"]
     assert rows["self-correction net"] == ["0.000±0.000", "-"]
     assert rows["self-correction wrong->right"] == ["0.000", "-"]
     assert rows["pose validity"] == ["1.000±0.000", "-"]
