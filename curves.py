@@ -86,7 +86,7 @@ def budget_line(runs, labels):
     counts = [(len(rows), sum(r.get("seconds") or 0 for r in rows))
               for rows in map(read_metrics, runs)]
     return ("Steps (seconds) of each arm: " + ", ".join(
-        f"{label} {n:,} ({sec:.0f} s)" for label, (n, sec) in zip(labels, counts))
+        f"{label} {n} ({sec:.0f} s)" for label, (n, sec) in zip(labels, counts))
         + f". Rerun them step for step: --compare_steps={','.join(str(n) for n, _ in counts)}")
 
 

@@ -15,7 +15,7 @@ Item i gives x_i in [0, 1]; over n items p = (1/n) sum_i x_i, se = sqrt(sum_i (x
   judge agreement  greedy verdict (none counts 0) on the reference solution (truth: correct) and
                    its tasks.corrupt corruption (incorrect); means per class `on_correct` /
                    `on_incorrect`, the latter split into `on_wrong_answer` (the Answer line) /
-                   `on_wrong_step` (an earlier slip carried on, or a miscount);
+                   `on_wrong_step` (an earlier slip carried on, a miscount, a chain cut short);
                    `names_the_step`: the critique's parse_pointer hits the slipped step
   self-correction  on n_judge items the model judges its greedy s (with the reference answer)
                    and, unless its verdict is "correct", revises s given its critique:
@@ -23,7 +23,7 @@ Item i gives x_i in [0, 1]; over n items p = (1/n) sum_i x_i, se = sqrt(sum_i (x
                    after - before accuracy; `wrong_to_right_faithful` counts only revisions
                    that are the reference chain (tasks.faithful: a right answer under
                    wrong steps is a guess or a copy, not a correction);
-                   `verdict_agreement`: its verdict vs tasks.check (the judge on its own errors)
+                   `verdict_agreement`: its verdict vs tasks.check (on its own solutions)
   by item          `greedy_by_item`: [family, level, 0/1, problem hash] per item; two models scored
                    on the same items differ by mean(x_i - x'_i) with se from those differences
   posing           n_pose pose prompts at T: validity = share parse_pose reads and tasks.validate
@@ -185,7 +185,7 @@ def judge_metrics(generate_fn, items, seed):
     agree = [float(v is not None and v == truth) for v, (_, _, truth, _) in zip(verdicts, cases)]
     # the slip is in the Answer line itself, or in an earlier step whose error carried on (a
     # chain stopped early counts by its first missing step)
-    slips = [(a, step == len(tasks.solve(t).split("\n")), roles.parse_pointer(x) == step)
+    slips = [(a, step == len(t.steps) + 1, roles.parse_pointer(x) == step)
              for a, (t, _, truth, step), x in zip(agree, cases, texts) if not truth]
     return {"agreement": breakdown(agree, [(t.family, t.level) for t, _, _, _ in cases]),
             "on_correct": mean_se([a for a, (_, _, truth, _) in zip(agree, cases) if truth]),

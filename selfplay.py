@@ -132,7 +132,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     # 2. solve: N solutions per problem; 3. judge each in words, the reference answer in view
     each = [p for p in problems for _ in range(cfg.solutions)]
     sols = sample_texts(policy, tok, [roles.solve_prompt(p.task.prompt) for p in each], cfg, gen)
-    # audits: a reference and a slipped solution per problem, judged too, so the judge's
+    # audits: a reference and a corrupted solution per problem, judged too, so the judge's
     # reward is not agreement on mostly wrong solutions alone (which teaches it to reject all)
     audited = [(p, text, truth) for p in (problems if cfg.audits else []) for text, truth in
                ((tasks.solve(p.task), 1.0), (tasks.corrupt(p.task, rng)[0], 0.0))]
@@ -262,7 +262,7 @@ def update_curriculum(curriculum, history, groups, cfg):
 
 def judge_anchor(rng, tok, cfg, plan):
     """This rank's share of the step's `judge_anchor` teacher pairs (the warm-up's judge demos: a
-    reference solution and a slipped one) on the plan's families and levels, as samples of
+    reference solution and a corrupted one) on the plan's families and levels, as samples of
     coefficient 1: with one epoch the policy gradient of such a sample is its NLL gradient (with
     ppo_epochs > 1 its ratio is clipped like any other). In self-play most solutions of a hard
     family are wrong, so "incorrect" agrees with the verifier almost always there, and the judge

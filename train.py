@@ -15,8 +15,8 @@ Stages (each reads a model directory and writes `<out>/model`, `<out>/metrics.js
   refine   alignment via refinement: chains of self-critique -> revise, DPO on (better, worse)
            pairs, NLL on the long refinement thoughts of chains that fixed a solution.
   all      warmup, alive, and the before/after table; compare: alive, --reward=scalar (plain
-           GRPO, no poser or judge) and an SFT control, equal wall time from one warm-up;
-           meta: align x3, merge, domain, from one warm-up.
+           GRPO, no poser or judge) and an SFT control from one warm-up, equal wall time each
+           (or --compare_steps); meta: align x3, merge, domain, from one warm-up.
 
 This file holds the flat config, the stage loop every stage shares (learning-rate schedule,
 atomic resumable checkpoints, one metrics line per step) and the pipelines. Every step's
@@ -90,7 +90,7 @@ class Config:
     kl_coef: float = 0.0        # k3 KL to the sampling policy (off by default)
     alpha_floor: float = 0.5    # lowest weight of the verifier in the solver's reward
     alpha_steps: int = 100      # steps over which alpha anneals from 1 to alpha_floor
-    audits: bool = False        # alive: the judge also judges a reference and a slipped solution
+    audits: bool = False        # alive: the judge also judges a reference and a corrupted one
     judge_anchor: int = 16      # alive: teacher judge pairs per step (all ranks), NLL beside PG
                                 #   (a judge near 0.99 holds with 4: the evidence run)
     promote: float = 0.6        # curriculum: raise a family's level when its solve rate is above
@@ -180,6 +180,8 @@ def parse_args(argv):
     if cfg.compare_steps and not re.fullmatch(r"[1-9]\d*,[1-9]\d*,[1-9]\d*", cfg.compare_steps):
         sys.exit(f"train.py: --compare_steps={cfg.compare_steps!r} needs three step counts "
                  "> 0, of alive, scalar and SFT: --compare_steps=177,474,722")
+    if cfg.compare_steps and cfg.stage != "compare":
+        sys.exit(f"train.py: --compare_steps is for --stage=compare, not --stage={cfg.stage}")
     missing = [d for d in cfg.merge_models.split(",") if cfg.merge_models and not os.path.isdir(d)]
     if missing:
         sys.exit(f"train.py: --merge_models: no such directory {', '.join(missing)}")

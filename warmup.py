@@ -121,7 +121,7 @@ VERDICT_CASES = {}  # (tokenizer, families, levels, n, seed, hints) -> (prompt i
 
 
 def verdict_check(policy, tok, cfg, levels, n=64):
-    """The share of 2n held-out judgements (n reference solutions, n slipped ones) whose verdict
+    """The share of 2n held-out judgements (n reference solutions, n corrupted ones) whose verdict
     the model gets right when the teacher's critique is given up to its deciding token
     (`verdict_token`: `Verdict` or `Step`, or the token that carries the line break into one of
     them). Teacher-forced, no sampling; its problems are drawn apart from the evaluation's

@@ -3,7 +3,7 @@ demonstrations of that role alone?
 
 A fresh tiny model (train.py's default sizes, or the flags below) is trained on the teacher's
 critiques alone (`--demo_mix=0,1,0,0,0`: contrastive pairs, each task with its reference
-solution and with one slip carried to the answer) for `--seconds` of wall time, then judges
+solution and corrupted, the error carried to the answer) for `--seconds` of wall time, then judges
 held-out items greedily (eval.judge_metrics: every item once with its reference solution,
 once corrupted). Judging here is learnable only by comparing the solution's answer with the
 reference, which is what the critique's first line does; a model that always says one verdict

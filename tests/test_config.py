@@ -48,6 +48,7 @@ def test_bad_input_gives_one_clear_line(args, message, tmp_path):
     ("--merge_models=/no/a,/no/b", "--merge_models: no such directory /no/a, /no/b"),
     ("--compare_steps=177,474", "--compare_steps='177,474' needs three step counts > 0"),
     ("--compare_steps=1,0,2", "--compare_steps='1,0,2' needs three step counts > 0"),
+    ("--compare_steps=1,2,3", "--compare_steps is for --stage=compare, not --stage=all"),
 ])
 def test_out_of_range_values_are_refused_by_name(arg, message):
     with pytest.raises(SystemExit, match=re.escape(message)):

@@ -339,7 +339,7 @@ def test_step_numbers_match_what_the_judge_sees():
 
 def test_judge_demonstrations_are_contrastive_pairs():
     """Every judge demonstration shows one task twice: its reference solution, accepted, and
-    the same solution with one slip carried to the answer, rejected at that step."""
+    the same solution corrupted, the error carried to the answer, rejected at that step."""
     rng = random.Random(0)
     for family in tasks.FAMILIES:
         for level in tasks.LEVELS:

@@ -171,16 +171,18 @@ def test_all_compare_and_meta_write_their_tables(tiny, tmp_path):
     for arm in ("alive", "scalar", "sft"):  # a zero budget: each arm stops after its first step
         assert len(lines(os.path.join(out, f"cmp_{arm}", "metrics.jsonl"))) == 1
     assert "Rerun them step for step: --compare_steps=1,1,1" in table
-    # the same comparison by step counts: the timed arms' steps are the fixed-step runs' steps
-    again = str(tmp_path / "again")
-    shutil.copytree(os.path.join(out, "warmup"), os.path.join(again, "warmup"))
-    run("--stage=compare", f"--out={again}", "--compare_steps=1,1,2", "--compare_eval_n=8")
-    for arm, steps in (("alive", 1), ("scalar", 1), ("sft", 2)):
-        assert len(lines(os.path.join(again, f"cmp_{arm}", "metrics.jsonl"))) == steps
-    for arm in ("alive", "scalar"):
-        timed, fixed = (weights(os.path.join(d, f"cmp_{arm}", "model")) for d in (out, again))
+    # the same comparison by step counts (test_fixed_steps_rerun_a_timed_arm_... says why)
+    for steps in ("1,1,1", "2,1,3"):
+        again = str(tmp_path / steps.replace(",", "_"))
+        shutil.copytree(os.path.join(out, "warmup"), os.path.join(again, "warmup"))
+        run("--stage=compare", f"--out={again}", f"--compare_steps={steps}", "--compare_eval_n=8")
+        assert [len(lines(os.path.join(again, f"cmp_{arm}", "metrics.jsonl")))
+                for arm in ("alive", "scalar", "sft")] == [int(n) for n in steps.split(",")]
+        assert f"--compare_steps={steps}" in open(os.path.join(again, "compare.md")).read()
+    for arm in ("alive", "scalar", "sft"):  # the timed arms, step for step
+        timed, fixed = (weights(os.path.join(d, f"cmp_{arm}", "model"))
+                        for d in (out, str(tmp_path / "1_1_1")))
         assert all(torch.equal(timed[k], fixed[k]) for k in timed)
-    assert "--compare_steps=1,1,2" in open(os.path.join(again, "compare.md")).read()
     run("--stage=meta", f"--out={out}", "--steps=1", "--compare_eval_n=8")  # the same warm-up
     reports = json.load(open(os.path.join(out, "meta.json")))
     assert list(reports) == ["warmup", "deduction", "induction", "abduction", "merged", "domain"]
@@ -190,6 +192,17 @@ def test_all_compare_and_meta_write_their_tables(tiny, tmp_path):
     for name, tensor in weights(os.path.join(out, "merged", "model")).items():
         torch.testing.assert_close(tensor, sum(w[name] for w in aligned) / 3)
     assert len(lines(os.path.join(out, "domain", "metrics.jsonl"))) == 1
+
+
+def test_fixed_steps_rerun_a_timed_arm_because_its_rate_has_no_horizon():
+    """A timed arm (no step count) and an N-step run take the same rate at every step, so
+    --compare_steps=N reruns the first N steps of a timed comparison; the warm-up's decay would
+    not (it is never a comparison arm)."""
+    cfg = train.parse_args(["--lr_warmup=10"])
+    for stage in ("alive", "sft"):
+        assert [train.lr_factor(cfg, stage, s, 50) for s in range(50)] == \
+            [train.lr_factor(cfg, stage, s, None) for s in range(50)]
+    assert train.lr_factor(cfg, "warmup", 40, 50) < train.lr_factor(cfg, "warmup", 40, None)
 
 
 def test_the_tiny_default_takes_its_sizes_from_flags(tmp_path):
