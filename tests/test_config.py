@@ -49,10 +49,11 @@ def test_bad_input_gives_one_clear_line(args, message, tmp_path):
     ("--compare_steps=177,474", "--compare_steps='177,474' needs three step counts > 0"),
     ("--compare_steps=1,0,2", "--compare_steps='1,0,2' needs three step counts > 0"),
     ("--compare_steps=1,2,3", "--compare_steps is for --stage=compare, not --stage=all"),
+    ("--all_wrong_revisions=2 --temperature=0", "writes the same revision each time"),
 ])
 def test_out_of_range_values_are_refused_by_name(arg, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
-        train.parse_args([arg])
+        train.parse_args(arg.split())
 
 
 def test_the_defaults_and_their_edges_are_accepted():
