@@ -384,29 +384,28 @@ def critique(task, solution_text):
 
 def corrupt(task, rng):
     """The reference with one slip carried to the answer, and the slipped step (1-based; the Answer
-    line counts last). About a third instead miscount, the tiny solver's commonest error past the
-    levels it was shown: induction's from step 1 (a chain one or two steps longer or shorter,
-    returned with k = 1), deduction's by stopping one or two steps early, the answer without the
-    values it never reached (62 of 96 wrong level-3 deductions in a self-play run), returned with
-    k = the first missing step."""
-    if task.family in ("induction", "deduction") and rng.random() < 1 / 3:
-        cut = rng.choice((-2, -1, 1, 2))
-        if task.family == "deduction":
-            keep = len(task.steps) - abs(cut)
-            return "\n".join([*task.steps[:keep], "Answer: " + ",".join(
-                task.answer.split(",")[:keep])]), keep + 1
-        _, steps, answer = _ind_solve(max(0, task.level + cut), *task.data)
+    line counts last). Some instead make the tiny solver's commonest error: about a third of
+    induction's miscount from step 1 (a chain one or two steps longer or shorter; k = 1), and
+    about half of deduction's past level 2 stop one or two steps early, the answer without the
+    values never reached (k = the first missing step): 62 of 96 wrong level-3 deductions of a
+    self-play run did, where the solver had been shown chains of levels 1-2 alone."""
+    k = rng.randint(1, len(task.steps) + 1)
+    if task.family == "induction" and rng.random() < 1 / 3:
+        _, steps, answer = _ind_solve(max(0, task.level + rng.choice((-2, -1, 1, 2))), *task.data)
         if _in_range(steps) and str(answer) != task.answer:
             return "\n".join([*steps, f"Answer: {answer}"]), 1
-    while True:  # a step none of whose slips stays in range: another step
-        k = rng.randint(1, len(task.steps) + 1)
-        if k > len(task.steps):
-            return "\n".join([*task.steps, f"Answer: {_wrong_answer(task, rng)}"]), k
-        for error in rng.sample((-2, -1, 1, 2), 4):
-            steps, answer = _slipped(task, (k, error))
-            to_zero = re.search(r"=0( \(|$)", steps[k - 1])  # the slipped value (before a count)
-            if _in_range(steps) and str(answer) != task.answer and not to_zero:
-                return "\n".join([*steps, f"Answer: {answer}"]), k
+    if task.family == "deduction" and task.level >= 3 and rng.random() < 1 / 3:
+        keep = len(task.steps) - rng.choice((1, 2))
+        values = task.answer.split(",")[:keep]  # in the order of the steps
+        return "\n".join([*task.steps[:keep], f"Answer: {','.join(values)}"]), keep + 1
+    if k > len(task.steps):
+        return "\n".join([*task.steps, f"Answer: {_wrong_answer(task, rng)}"]), k
+    for error in rng.sample((-2, -1, 1, 2), 4):
+        steps, answer = _slipped(task, (k, error))
+        to_zero = re.search(r"=0( \(|$)", steps[k - 1])  # the slipped value (before a count)
+        if _in_range(steps) and str(answer) != task.answer and not to_zero:
+            return "\n".join([*steps, f"Answer: {answer}"]), k
+    return corrupt(task, rng)  # no slip of this step stays in range: another step
 
 
 def _slipped(task, slip):

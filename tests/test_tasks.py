@@ -186,12 +186,14 @@ def test_critic_accepts_references_and_names_the_slipped_step(family):
                 assert re.search(r"Step (\d+)", crit).group(1) == str(k), (text, k, crit)
 
 
-def test_one_deduction_corruption_in_three_stops_one_or_two_steps_early():
+def test_about_half_of_deduction_corruptions_past_level_2_stop_one_or_two_steps_early():
     """Stopping early is the reference cut short: its first steps, then the values they reached;
-    the critic names the first missing step and writes it (the reviser goes on from it)."""
-    rng, cut = random.Random(6), Counter()
+    the critic names the first missing step and writes it (the reviser goes on from it). Levels
+    1-2, where the solver is shown chains, keep slips alone."""
+    rng = random.Random(6)
     for level in tasks.LEVELS:
-        for t in draws("deduction", level, 200, seed=4):
+        cut = Counter()
+        for t in draws("deduction", level, 300, seed=4):
             text, k = tasks.corrupt(t, rng)
             *steps, answer = text.split("\n")
             if len(steps) == len(t.steps):
@@ -201,8 +203,8 @@ def test_one_deduction_corruption_in_three_stops_one_or_two_steps_early():
             assert answer == "Answer: " + ",".join(t.answer.split(",")[:len(steps)])
             assert tasks.first_wrong_step(t, text) == k
             assert f"Step {k} is wrong: it should be {t.steps[k - 1]}." in tasks.critique(t, text)
-    n = 200 * len(tasks.LEVELS)
-    assert set(cut) == {1, 2} and abs(sum(cut.values()) / n - 1 / 3) < 0.05, cut
+        share = sum(cut.values()) / 300
+        assert (set(cut) == {1, 2} and 0.38 < share < 0.58) if level >= 3 else not cut, cut
 
 
 def test_one_induction_corruption_in_three_miscounts_from_step_1():
