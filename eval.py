@@ -15,7 +15,7 @@ Item i gives x_i in [0, 1]; over n items p = (1/n) sum_i x_i, se = sqrt(sum_i (x
   judge agreement  greedy verdict (none counts 0) on the reference solution (truth: correct) and
                    its tasks.corrupt corruption (incorrect); means per class `on_correct` /
                    `on_incorrect`, the latter split into `on_wrong_answer` (the Answer line) /
-                   `on_wrong_step` (an earlier slip carried on, a miscount, a chain cut short);
+                   `on_wrong_step` (an earlier slip carried on, or a miscount);
                    `names_the_step`: the critique's parse_pointer hits the slipped step
   self-correction  on n_judge items the model judges its greedy s (with the reference answer)
                    and, unless its verdict is "correct", revises s given its critique:
@@ -183,8 +183,7 @@ def judge_metrics(generate_fn, items, seed):
     texts = generate_fn([roles.judge_prompt(t.prompt, t.answer, s) for t, s, _, _ in cases], 0.0)
     verdicts = [roles.parse_verdict(x) for x in texts]
     agree = [float(v is not None and v == truth) for v, (_, _, truth, _) in zip(verdicts, cases)]
-    # the slip is in the Answer line itself, or in an earlier step whose error carried on (a
-    # chain stopped early counts by its first missing step)
+    # the slip is in the Answer line itself, or in an earlier step whose error carried on
     slips = [(a, step == len(t.steps) + 1, roles.parse_pointer(x) == step)
              for a, (t, _, truth, step), x in zip(agree, cases, texts) if not truth]
     return {"agreement": breakdown(agree, [(t.family, t.level) for t, _, _, _ in cases]),

@@ -384,20 +384,13 @@ def critique(task, solution_text):
 
 def corrupt(task, rng):
     """The reference with one slip carried to the answer, and the slipped step (1-based; the Answer
-    line counts last). Some instead make the tiny solver's commonest error: about a third of
-    induction's miscount from step 1 (a chain one or two steps longer or shorter; k = 1), and
-    about half of deduction's past level 2 stop one or two steps early, the answer without the
-    values never reached (k = the first missing step): 62 of 96 wrong level-3 deductions of a
-    self-play run did, where the solver had been shown chains of levels 1-2 alone."""
+    line counts last). About a third of induction's instead miscount from step 1 (a chain one or
+    two steps longer or shorter), the tiny solver's commonest error; returned with k = 1."""
     k = rng.randint(1, len(task.steps) + 1)
     if task.family == "induction" and rng.random() < 1 / 3:
         _, steps, answer = _ind_solve(max(0, task.level + rng.choice((-2, -1, 1, 2))), *task.data)
         if _in_range(steps) and str(answer) != task.answer:
             return "\n".join([*steps, f"Answer: {answer}"]), 1
-    if task.family == "deduction" and task.level >= 3 and rng.random() < 1 / 3:
-        keep = len(task.steps) - rng.choice((1, 2))
-        values = task.answer.split(",")[:keep]  # in the order of the steps
-        return "\n".join([*task.steps[:keep], f"Answer: {','.join(values)}"]), keep + 1
     if k > len(task.steps):
         return "\n".join([*task.steps, f"Answer: {_wrong_answer(task, rng)}"]), k
     for error in rng.sample((-2, -1, 1, 2), 4):

@@ -160,9 +160,7 @@ def test_judge_slips_split_by_where_they_are():
     rng = random.Random("alive-eval-corrupt:5")  # the corruptions judge_metrics will draw
     corrupted = [tasks.corrupt(t, rng) for t in judged]
     in_answer = sum(k == len(t.steps) + 1 for t, (_, k) in zip(judged, corrupted))
-    stopped = sum(len(text.split("\n")) == k <= len(t.steps)  # cut short: the Answer line at k
-                  for t, (text, k) in zip(judged, corrupted))
-    assert 0 < in_answer < len(judged) and stopped > 0  # each kind occurs in this sample
+    assert 0 < in_answer < len(judged)  # both kinds occur in this sample
     naive = ev.judge_metrics(answer_only, judged, seed=5)
     assert naive["on_wrong_answer"] == {"mean": 1.0, "se": 0.0, "n": in_answer}
     assert naive["on_wrong_step"] == {"mean": 1.0, "se": 0.0, "n": len(judged) - in_answer}

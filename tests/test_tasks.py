@@ -175,36 +175,13 @@ def test_critic_accepts_references_and_names_the_slipped_step(family):
             for _ in range(3):
                 text, k = tasks.corrupt(t, rng)
                 miscount = family == "induction" and \
-                    text.split("\n")[0].split(" (")[-1] != t.steps[0].split(" (")[-1] or \
-                    family == "deduction" and k <= len(t.steps) and \
-                    text.split("\n")[:-1] == list(t.steps[:k - 1])  # stopped before step k
+                    text.split("\n")[0].split(" (")[-1] != t.steps[0].split(" (")[-1]  # count
                 assert (len(text.split("\n")) == len(tasks.solve(t).split("\n"))) != miscount
                 assert not tasks.check(t, tasks.answer_of(text))  # the slip reaches the answer
                 crit = tasks.critique(t, text)
                 assert crit.startswith(f"Got {tasks.answer_of(text)}, want {t.answer}.\n")
                 assert crit.split("\n")[-1] == "Verdict: incorrect", (text, crit)
                 assert re.search(r"Step (\d+)", crit).group(1) == str(k), (text, k, crit)
-
-
-def test_about_half_of_deduction_corruptions_past_level_2_stop_one_or_two_steps_early():
-    """Stopping early is the reference cut short: its first steps, then the values they reached;
-    the critic names the first missing step and writes it (the reviser goes on from it). Levels
-    1-2, where the solver is shown chains, keep slips alone."""
-    rng = random.Random(6)
-    for level in tasks.LEVELS:
-        cut = Counter()
-        for t in draws("deduction", level, 300, seed=4):
-            text, k = tasks.corrupt(t, rng)
-            *steps, answer = text.split("\n")
-            if len(steps) == len(t.steps):
-                continue
-            cut[len(t.steps) - len(steps)] += 1
-            assert tuple(steps) == t.steps[:len(steps)] and k == len(steps) + 1
-            assert answer == "Answer: " + ",".join(t.answer.split(",")[:len(steps)])
-            assert tasks.first_wrong_step(t, text) == k
-            assert f"Step {k} is wrong: it should be {t.steps[k - 1]}." in tasks.critique(t, text)
-        share = sum(cut.values()) / 300
-        assert (set(cut) == {1, 2} and 0.38 < share < 0.58) if level >= 3 else not cut, cut
 
 
 def test_one_induction_corruption_in_three_miscounts_from_step_1():
