@@ -237,11 +237,11 @@ def group_counts(families, groups):
     for family in families:
         mine = [g for g in groups if g.family == family]
         wrong = [g for g in mine if not any(g.correct)]
-        verdicts = [a for g in mine for c, a in zip(g.correct, g.accepted) if not c]
+        accepted = [a for g in mine for c, a in zip(g.correct, g.accepted) if not c]  # wrong ones
         counts.update({f"groups/{family}": len(mine), f"all_wrong/{family}": len(wrong),
                        f"rescued/{family}": sum(g.rescued for g in wrong),
-                       f"judged_wrong/{family}": len(verdicts),
-                       f"accepted_wrong/{family}": sum(verdicts)})
+                       f"judged_wrong/{family}": len(accepted),
+                       f"accepted_wrong/{family}": sum(accepted)})
     return counts
 
 

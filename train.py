@@ -180,11 +180,11 @@ def parse_args(argv):
     if cfg.compare_steps and not re.fullmatch(r"[1-9]\d*,[1-9]\d*,[1-9]\d*", cfg.compare_steps):
         sys.exit(f"train.py: --compare_steps={cfg.compare_steps!r} needs three step counts "
                  "> 0, of alive, scalar and SFT: --compare_steps=177,474,722")
+    if cfg.compare_steps and cfg.stage != "compare":
+        sys.exit(f"train.py: --compare_steps is for --stage=compare, not --stage={cfg.stage}")
     if cfg.all_wrong_revisions > 1 and cfg.temperature == 0:
         sys.exit(f"train.py: --all_wrong_revisions={cfg.all_wrong_revisions} with --temperature=0 "
                  "writes the same revision each time; sample (--temperature > 0) or use 1")
-    if cfg.compare_steps and cfg.stage != "compare":
-        sys.exit(f"train.py: --compare_steps is for --stage=compare, not --stage={cfg.stage}")
     missing = [d for d in cfg.merge_models.split(",") if cfg.merge_models and not os.path.isdir(d)]
     if missing:
         sys.exit(f"train.py: --merge_models: no such directory {', '.join(missing)}")
