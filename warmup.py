@@ -14,7 +14,7 @@ start (tests/bench_judge.py). So with --judge_first=N the first N steps show jud
 and that phase ends early once `verdict_check` (held-out, teacher-forced) passes --judge_pass;
 the mixed phase that follows runs at --mixed_lr of the rate (train.lr_factor).
 
-    python train.py --stage=warmup --out=runs/w --steps=2000 [--judge_first=1200 ...]
+    python train.py --stage=warmup --out=runs/w --steps=2000 [--judge_first=2500 ...]
 """
 import functools
 import random
