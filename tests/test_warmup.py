@@ -43,18 +43,33 @@ def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny, build_tiny_
                if k[:4] == (tok.name_or_path, len(tok), cfg.families, (1, 2))]
     assert len(cases) == 12  # a reference and a slipped solution of each of 6 problems
     with torch.no_grad():
-        hits = sum(int(policy.lm(input_ids=torch.tensor([prompt])).logits[0, -1].argmax()) == t
-                   for prompt, [t] in cases)
-    assert share == pytest.approx(hits / len(cases))
+        right = [int(policy.lm(input_ids=torch.tensor([prompt])).logits[0, -1].argmax()) == t
+                 for prompt, [t], _ in cases]
+    by_family = [[r for r, (_, _, f) in zip(right, cases) if f == i] for i in (0, 1)]
+    assert all(len(rows) == 6 for rows in by_family)  # 3 problems of each family, twice
+    assert share == pytest.approx(min(sum(rows) / len(rows) for rows in by_family))
     # the target opens the critique's second line: `Verdict: correct` or `Step k is wrong`
-    assert {tok.decode(prompt[-1:]) for prompt, _ in cases} == {forced_last}
-    starts = [tok.decode([t]) for _, [t] in cases]
+    assert {tok.decode(prompt[-1:]) for prompt, _, _ in cases} == {forced_last}
+    starts = [tok.decode([t]) for _, [t], _ in cases]
     assert all(s.startswith(target_opens) and s.strip() for s in starts)
     starts = [s.strip() for s in starts]
     assert starts[0::2] == ["Verdict"[:len(s)] for s in starts[0::2]]
     assert starts[1::2] == ["Step"[:len(s)] for s in starts[1::2]]
     if pieces is not None:  # whole words: the merges were learned
         assert set(starts) == {"Verdict", "Step"}
+
+
+def test_verdict_check_scores_the_family_judged_worst(tiny, monkeypatch):
+    """All of one family's verdicts right and half of the other's: the check reads 0.5, where
+    the share over both (0.75) would pass a family still at chance."""
+    policy, tok = M.load(tiny)
+    cfg = train.parse_args(["--families=induction,abduction", "--micro_batch=64"])
+    warmup.verdict_check(policy, tok, cfg, [1, 2], n=8)  # builds the cases
+    [cases] = [v for k, v in warmup.VERDICT_CASES.items()
+               if k[:5] == (tok.name_or_path, len(tok), cfg.families, (1, 2), 8)]
+    right = torch.tensor([f == 0 or i % 2 == 0 for i, (_, _, f) in enumerate(cases)])
+    monkeypatch.setattr(M, "run_head", lambda policy, packed, head: right)
+    assert warmup.verdict_check(policy, tok, cfg, [1, 2], n=8) == 0.5
 
 
 def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
