@@ -384,28 +384,18 @@ def critique(task, solution_text):
 
 def corrupt(task, rng):
     """The reference with one slip carried to the answer, and the slipped step (1-based; the Answer
-    line counts last). Some instead make the tiny solver's commonest error: about a third of
-    induction's miscount from step 1 (a chain one or two steps longer or shorter; k = 1), and a
-    third of deduction's past level 2 leave out one rule's step, the answer without its value
-    (k = the missing step). Of the policy's wrong deductions of levels 3 and up in self-play,
-    most lacked values, and 117 of 132 of those skipped or miscopied a rule in the middle of
-    the chain, where it had been shown chains of levels 1-2 alone."""
+    line counts last). About a third of induction's instead miscount from step 1 (a chain one or
+    two steps longer or shorter), the tiny solver's commonest error; returned with k = 1."""
     k = rng.randint(1, len(task.steps) + 1)
     if task.family == "induction" and rng.random() < 1 / 3:
         _, steps, answer = _ind_solve(max(0, task.level + rng.choice((-2, -1, 1, 2))), *task.data)
         if _in_range(steps) and str(answer) != task.answer:
             return "\n".join([*steps, f"Answer: {answer}"]), 1
-    if task.family == "deduction" and task.level >= 3 and rng.random() < 1 / 3:
-        k = rng.randint(2, len(task.steps))  # a rule's step, never the fact's
-        values = task.answer.split(",")  # in the order of the steps
-        kept = [(s, v) for i, (s, v) in enumerate(zip(task.steps, values), 1) if i != k]
-        return "\n".join([s for s, _ in kept] + [f"Answer: {','.join(v for _, v in kept)}"]), k
     if k > len(task.steps):
         return "\n".join([*task.steps, f"Answer: {_wrong_answer(task, rng)}"]), k
     for error in rng.sample((-2, -1, 1, 2), 4):
         steps, answer = _slipped(task, (k, error))
-        # A number slipped to 0 may read as clamped; a truth value slips either way.
-        to_zero = task.family != "deduction" and re.search(r"=0( \(|$)", steps[k - 1])
+        to_zero = re.search(r"=0( \(|$)", steps[k - 1])  # the slipped value (before a count)
         if _in_range(steps) and str(answer) != task.answer and not to_zero:
             return "\n".join([*steps, f"Answer: {answer}"]), k
     return corrupt(task, rng)  # no slip of this step stays in range: another step

@@ -176,40 +176,12 @@ def test_critic_accepts_references_and_names_the_slipped_step(family):
                 text, k = tasks.corrupt(t, rng)
                 miscount = family == "induction" and \
                     text.split("\n")[0].split(" (")[-1] != t.steps[0].split(" (")[-1]  # count
-                dropped = family == "deduction" and len(text.split("\n")) == len(t.steps)
-                assert (len(text.split("\n")) == len(tasks.solve(t).split("\n"))) != \
-                    (miscount or dropped)
+                assert (len(text.split("\n")) == len(tasks.solve(t).split("\n"))) != miscount
                 assert not tasks.check(t, tasks.answer_of(text))  # the slip reaches the answer
                 crit = tasks.critique(t, text)
                 assert crit.startswith(f"Got {tasks.answer_of(text)}, want {t.answer}.\n")
                 assert crit.split("\n")[-1] == "Verdict: incorrect", (text, crit)
                 assert re.search(r"Step (\d+)", crit).group(1) == str(k), (text, k, crit)
-
-
-def test_a_third_of_deduction_corruptions_past_level_2_leave_out_a_rule():
-    """Leaving out a rule is the reference without one rule's step, anywhere after the fact, and
-    without its value; the critic names the missing step and writes it (the reviser goes on from
-    it). Levels 1-2, where the solver is shown chains, keep slips alone, which flip a truth value
-    either way."""
-    rng = random.Random(6)
-    for level in tasks.LEVELS:
-        left_out, flipped_to = Counter(), Counter()
-        for t in draws("deduction", level, 300, seed=4):
-            text, k = tasks.corrupt(t, rng)
-            *steps, answer = text.split("\n")
-            if len(steps) == len(t.steps):
-                flipped_to[steps[k - 1][-1] if k <= len(steps) else "answer"] += 1
-                continue
-            left_out[k] += 1
-            assert steps == [s for i, s in enumerate(t.steps, 1) if i != k]
-            values = t.answer.split(",")
-            assert answer == "Answer: " + ",".join(values[:k - 1] + values[k:])
-            assert tasks.first_wrong_step(t, text) == k
-            assert f"Step {k} is wrong: it should be {t.steps[k - 1]}." in tasks.critique(t, text)
-        assert min(flipped_to["0"], flipped_to["1"]) > 40, flipped_to
-        share = sum(left_out.values()) / 300
-        assert (set(left_out) == set(range(2, level + 3)) and 0.26 < share < 0.40) \
-            if level >= 3 else not left_out, left_out
 
 
 def test_one_induction_corruption_in_three_miscounts_from_step_1():
