@@ -18,7 +18,6 @@ import copy
 import datetime
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 
@@ -40,17 +39,13 @@ def build_tiny_tokenizer(texts=(), vocab_size=1024, pieces=TINY_PIECES):
     """BPE over printable ASCII (+ pad/bos/eos/unk), merges learned from `texts`. Merges never
     cross a piece (a match of the regex `pieces`), and the vocabulary is large enough for every
     piece of the texts to become one token: a word, and a whole number (as Llama-3's tokenizer
-    holds numbers up to 999), so comparing two answers is comparing two tokens. The merges are
-    learned from each distinct piece once: the token ids then depend on which pieces the texts
-    hold, not on how often, so a change to how the world draws its texts (a new kind of
-    corrupted solution) does not renumber the tokens, which would redraw every embedding."""
+    holds numbers up to 999), so comparing two answers is comparing two tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     core = Tokenizer(models.BPE(unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(pieces), behavior="isolated")
     core.decoder = decoders.Fuse()
-    distinct = sorted({piece for text in texts for piece in re.findall(pieces, text)})
-    core.train_from_iterator(distinct, trainers.BpeTrainer(
+    core.train_from_iterator(list(texts), trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=TINY_SPECIALS, initial_alphabet=TINY_CHARS,
         show_progress=False))
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
