@@ -111,7 +111,9 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
             sample.coef[verdict_token(tok, sample.ids)] = cfg.verdict_weight
     metrics = update.train_on(policy, optimizer, samples, cfg, tok.pad_token_id, "nll")
     if cfg.judge_first and (step + 1) % CHECK_EVERY == 0:  # logged after the phase too
-        metrics["verdict_check"] = verdict_check(policy, tok, cfg, levels["solve"])
+        shares = verdict_check(policy, tok, cfg, levels["solve"])
+        metrics["verdict_check"] = min(shares.values())  # the family judged worst decides
+        metrics.update({f"verdict_check/{family}": v for family, v in shares.items()})
         if judge_phase and metrics["verdict_check"] >= cfg.judge_pass:
             state["judge_learned"] = step + 1
     return metrics, []
@@ -122,14 +124,14 @@ VERDICT_CASES = {}  # (tokenizer, families, levels, n, seed, hints) -> (prompt i
 
 
 def verdict_check(policy, tok, cfg, levels, n=64):
-    """The share of held-out judgements whose verdict the model gets right when the teacher's
-    critique is given up to its deciding token (`verdict_token`: `Verdict` or `Step`, or the token
-    that carries the line break into one of them), in the family it judges worst: n problems
-    over the families, each judged with its reference solution and corrupted. The comparison is
-    learned family by family (a check over all of them passed 0.91 while induction and
-    abduction were near chance, and the mixed phase then took it down to 0.75). Teacher-forced,
-    no sampling; its problems are drawn apart from the evaluation's (eval.held_out with their
-    own seed)."""
+    """{family: the share of its held-out judgements whose verdict the model gets right when the
+    teacher's critique is given up to its deciding token} (`verdict_token`: `Verdict` or `Step`,
+    or the token that carries the line break into one of them): n problems over the families,
+    each judged with its reference solution and corrupted. The comparison is learned family by
+    family, so the warm-up passes the check on the lowest share (one over all families passed
+    0.91 while induction and abduction were near chance, and the mixed phase then took it down
+    to 0.75). Teacher-forced, no sampling; its problems are drawn apart from the evaluation's
+    (eval.held_out with their own seed)."""
     families = cfg.families.split(",")
     key = (tok.name_or_path, len(tok), cfg.families, tuple(levels), n, cfg.seed, cfg.hints)
     if key not in VERDICT_CASES:
@@ -155,5 +157,5 @@ def verdict_check(policy, tok, cfg, levels, n=64):
     shares = [sum(r for r, (_, _, f) in zip(right, cases) if f == family) /
               max(1, sum(f == family for _, _, f in cases)) for family in range(len(families))]
     # every rank scored the same cases; the mean keeps them in exact agreement
-    return min(M.all_reduce(shares)) / M.world()
+    return {family: share / M.world() for family, share in zip(families, M.all_reduce(shares))}
 

@@ -38,7 +38,7 @@ def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny, build_tiny_
         tiny = build_tiny_model(texts=critiques, pieces=pieces, hidden_size=32, num_layers=1,
                                 num_heads=2, num_kv_heads=1, intermediate_size=64)
     policy, tok = M.load(tiny)
-    share = warmup.verdict_check(policy, tok, cfg, [1, 2], n=6)
+    shares = warmup.verdict_check(policy, tok, cfg, [1, 2], n=6)
     [cases] = [v for k, v in warmup.VERDICT_CASES.items()
                if k[:4] == (tok.name_or_path, len(tok), cfg.families, (1, 2))]
     assert len(cases) == 12  # a reference and a slipped solution of each of 6 problems
@@ -47,7 +47,8 @@ def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny, build_tiny_
                  for prompt, [t], _ in cases]
     by_family = [[r for r, (_, _, f) in zip(right, cases) if f == i] for i in (0, 1)]
     assert all(len(rows) == 6 for rows in by_family)  # 3 problems of each family, twice
-    assert share == pytest.approx(min(sum(rows) / len(rows) for rows in by_family))
+    assert list(shares) == ["induction", "abduction"]
+    assert list(shares.values()) == pytest.approx([sum(rows) / len(rows) for rows in by_family])
     # the target opens the critique's second line: `Verdict: correct` or `Step k is wrong`
     assert {tok.decode(prompt[-1:]) for prompt, _, _ in cases} == {forced_last}
     starts = [tok.decode([t]) for _, [t], _ in cases]
@@ -59,9 +60,9 @@ def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny, build_tiny_
         assert set(starts) == {"Verdict", "Step"}
 
 
-def test_verdict_check_scores_the_family_judged_worst(tiny, monkeypatch):
-    """All of one family's verdicts right and half of the other's: the check reads 0.5, where
-    the share over both (0.75) would pass a family still at chance."""
+def test_verdict_check_scores_each_family(tiny, monkeypatch):
+    """All of one family's verdicts right and half of the other's: 1 and 0.5, where the share
+    over both (0.75) would hide a family still at chance."""
     policy, tok = M.load(tiny)
     cfg = train.parse_args(["--families=induction,abduction", "--micro_batch=64"])
     warmup.verdict_check(policy, tok, cfg, [1, 2], n=8)  # builds the cases
@@ -69,7 +70,8 @@ def test_verdict_check_scores_the_family_judged_worst(tiny, monkeypatch):
                if k[:5] == (tok.name_or_path, len(tok), cfg.families, (1, 2), 8)]
     right = torch.tensor([f == 0 or i % 2 == 0 for i, (_, _, f) in enumerate(cases)])
     monkeypatch.setattr(M, "run_head", lambda policy, packed, head: right)
-    assert warmup.verdict_check(policy, tok, cfg, [1, 2], n=8) == 0.5
+    assert warmup.verdict_check(policy, tok, cfg, [1, 2], n=8) == {"induction": 1.0,
+                                                                   "abduction": 0.5}
 
 
 def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
@@ -77,7 +79,10 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     cfg = train.parse_args(["--judge_first=100", "--judge_pass=0.9", "--batch=2",
                             "--demo_levels=1", "--judge_levels=4,5"])
-    checks, draws, checked = iter([0.5, 0.95, 0.7]), [], []
+    # the first check's mean over the families (0.925) would pass, its worst family does not
+    shares = [{"induction": 0.85, "corpus": 1.0}, {"induction": 0.95, "corpus": 0.97},
+              {"induction": 0.8, "corpus": 0.7}]
+    checks, draws, checked = iter(shares), [], []
     monkeypatch.setattr(warmup, "CHECK_EVERY", 2)
     monkeypatch.setattr(warmup, "verdict_check", lambda policy, tok, cfg, levels:
                         checked.append(levels) or next(checks))
@@ -88,7 +93,8 @@ def test_judge_first_ends_once_the_verdict_check_passes(tiny, monkeypatch):
     state = {}
     logged = [warmup.warmup_step(policy, optimizer, tok, cfg, step, 0, state)[0]
               for step in range(6)]
-    assert [m.get("verdict_check") for m in logged] == [None, 0.5, None, 0.95, None, 0.7]
+    assert [m.get("verdict_check") for m in logged] == [None, 0.85, None, 0.95, None, 0.7]
+    assert [m.get("verdict_check/corpus") for m in logged[1::2]] == [1.0, 0.97, 0.7]
     assert state["judge_learned"] == 4  # and stays: 0.7 later does not reopen the phase
     judge_only = [float(kind == "judge") for kind in roles.DEMO_KINDS]
     # batch 2: one judge pair of the demonstrated levels per step of the phase, then one or two
