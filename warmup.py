@@ -120,7 +120,7 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
 
 
 CHECK_EVERY = 100  # warm-up steps between two verdict checks
-VERDICT_CASES = {}  # (tokenizer, families, levels, n, seed, hints) -> (prompt ids, target id)s
+VERDICT_CASES = {}  # (tokenizer, families, levels, n, seed, hints) -> (prompt, target, family)s
 
 
 def verdict_check(policy, tok, cfg, levels, n=64):
@@ -142,7 +142,7 @@ def verdict_check(policy, tok, cfg, levels, n=64):
                 decisive = verdict_token(tok, ids)
                 rendered = roles.render(tok, prompt, cfg.hints)
                 cases.append((M.encode(tok, [rendered])[0] + ids[:decisive], [ids[decisive]],
-                              families.index(task.family)))
+                              task.family))
         VERDICT_CASES[key] = cases
     cases, right = VERDICT_CASES[key], []
     policy.eval()  # no activation checkpointing, no dropout
@@ -154,8 +154,10 @@ def verdict_check(policy, tok, cfg, levels, n=64):
             right += M.run_head(policy, packed, lambda h, w: (
                 torch.mm(h.float(), w.t().float()).argmax(-1) == packed.targets)).tolist()
     policy.train()
-    shares = [sum(r for r, (_, _, f) in zip(right, cases) if f == family) /
-              max(1, sum(f == family for _, _, f in cases)) for family in range(len(families))]
+    by_family = {family: [] for family in families}
+    for hit, (_, _, family) in zip(right, cases):
+        by_family[family].append(hit)
+    shares = [sum(hits) / max(1, len(hits)) for hits in by_family.values()]
     # every rank scored the same cases; the mean keeps them in exact agreement
     return {family: share / M.world() for family, share in zip(families, M.all_reduce(shares))}
 

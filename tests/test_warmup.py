@@ -45,7 +45,8 @@ def test_verdict_check_is_the_share_a_plain_forward_gets_right(tiny, build_tiny_
     with torch.no_grad():
         right = [int(policy.lm(input_ids=torch.tensor([prompt])).logits[0, -1].argmax()) == t
                  for prompt, [t], _ in cases]
-    by_family = [[r for r, (_, _, f) in zip(right, cases) if f == i] for i in (0, 1)]
+    by_family = [[r for r, (_, _, f) in zip(right, cases) if f == family]
+                 for family in ("induction", "abduction")]
     assert all(len(rows) == 6 for rows in by_family)  # 3 problems of each family, twice
     assert list(shares) == ["induction", "abduction"]
     assert list(shares.values()) == pytest.approx([sum(rows) / len(rows) for rows in by_family])
@@ -68,7 +69,7 @@ def test_verdict_check_scores_each_family(tiny, monkeypatch):
     warmup.verdict_check(policy, tok, cfg, [1, 2], n=8)  # builds the cases
     [cases] = [v for k, v in warmup.VERDICT_CASES.items()
                if k[:5] == (tok.name_or_path, len(tok), cfg.families, (1, 2), 8)]
-    right = torch.tensor([f == 0 or i % 2 == 0 for i, (_, _, f) in enumerate(cases)])
+    right = torch.tensor([f == "induction" or i % 2 == 0 for i, (_, _, f) in enumerate(cases)])
     monkeypatch.setattr(M, "run_head", lambda policy, packed, head: right)
     assert warmup.verdict_check(policy, tok, cfg, [1, 2], n=8) == {"induction": 1.0,
                                                                    "abduction": 0.5}
