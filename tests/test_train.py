@@ -202,6 +202,7 @@ def test_fixed_steps_rerun_a_timed_arm_because_its_rate_has_no_horizon():
     for stage in ("alive", "sft"):
         assert [train.lr_factor(cfg, stage, s, 50) for s in range(50)] == \
             [train.lr_factor(cfg, stage, s, None) for s in range(50)]
+    cfg.judge_first = 0  # (a judge-only phase stays at the peak too)
     assert train.lr_factor(cfg, "warmup", 40, 50) < train.lr_factor(cfg, "warmup", 40, None)
 
 

@@ -192,11 +192,10 @@ def test_judge_pose_and_revise_demonstrations_take_their_own_levels(tiny, monkey
     assert by_kind["judge"] == by_kind["pose"] == {4, 5}
 
 
-def test_the_judge_only_phase_has_a_learning_rate_schedule_of_its_own():
+def test_the_judge_only_phase_runs_at_the_peak_rate_and_the_mixed_phase_decays_on_its_own():
     plain = train.parse_args(["--judge_first=0"])
     cfg = train.parse_args(["--judge_first=100", "--mixed_lr=0.25"])  # a scale that shows
-    judge_only = [train.lr_factor(plain, "warmup", s, 100) for s in range(100)]
-    assert judge_only[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
+    judge_only = [min(1.0, (s + 1) / cfg.lr_warmup) for s in range(100)]  # warm-up, then peak
     mixed = cfg.mixed_lr
     assert [train.lr_factor(cfg, "warmup", s, 1000, {}) for s in range(1000)] == pytest.approx(
         judge_only + [mixed * train.lr_factor(plain, "warmup", s, 900) for s in range(900)])
@@ -204,4 +203,7 @@ def test_the_judge_only_phase_has_a_learning_rate_schedule_of_its_own():
     assert [train.lr_factor(cfg, "warmup", s, 1000, {"judge_learned": 40}) for s in range(1000)] \
         == pytest.approx(judge_only[:40] + [mixed * train.lr_factor(plain, "warmup", s, 960)
                                             for s in range(960)])
+    # no judge-only phase: one cosine over the whole warm-up, down to a tenth of the peak
+    assert train.lr_factor(plain, "warmup", 99, 100) == pytest.approx(
+        0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
     assert train.lr_factor(cfg, "alive", 500, 1000, {}) == 1.0  # RL stages: constant
