@@ -101,7 +101,7 @@ class Config:
                                      #   judge-only phase; "" = demo_levels
     revise_levels: str = ""     # warmup: levels of the revise demos; "" = demo_levels
     demo_mix: str = "4,3,1,1,1"  # warmup: share of solve,judge,revise,pose,text samples
-    judge_first: int = 1200     # warmup: at most N first steps on judge demonstrations only,
+    judge_first: int = 1200     # warmup: at most N first steps on judge demos only (peak lr),
     judge_pass: float = 0.9     # ... ending once the verdict check (held-out) reaches this share;
     mixed_lr: float = 1.0       # ... then the mixed phase peaks at this share of lr
     verdict_weight: float = 10.0  # warmup: while it shows judge pairs alone, NLL weight of the

@@ -10,10 +10,10 @@ log-likelihood, L = -(1/T) sum_t w_t log pi(y_t | prompt, y_<t), one optimizer s
 a critique that decides its verdict (`verdict_token`), which weighs --verdict_weight.
 
 Judging is learned late and abruptly, and not at all when mixed with the other roles from the
-start (tests/bench_judge.py). So with --judge_first=N the first N steps show judge pairs only,
-and that phase ends early once `verdict_check` (held-out, teacher-forced, in the family judged
-worst) passes --judge_pass; the mixed phase that follows runs at --mixed_lr of the rate
-(train.lr_factor).
+start (tests/bench_judge.py). So with --judge_first=N the first N steps show judge pairs only, at
+the peak rate, and that phase ends early once `verdict_check` (held-out, teacher-forced, in the
+family judged worst) passes --judge_pass; the mixed phase that follows decays from --mixed_lr of
+the rate (train.lr_factor).
 
     python train.py --stage=warmup --out=runs/w --steps=2000 [--judge_first=1200 ...]
 """
