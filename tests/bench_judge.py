@@ -9,7 +9,8 @@ once corrupted). Judging here is learnable only by comparing the solution's answ
 reference, which is what the critique's first line does; a model that always says one verdict
 scores 0.5. The judge trains as in the warm-up's judge-only phase (at the peak rate, its
 deciding token weighed --verdict_weight), and the table shows the step at which the verdict
-check, every 100 steps, first passed in every family.
+check, every 100 steps, first passed in every family (with --seconds the checks' time counts
+too).
 With `--role=solve` it is trained on reference solutions alone (`--demo_mix=1,0,0,0,0`) and
 scored by greedy accuracy on held-out problems of `--eval_levels` (by default the trained
 levels and the one above them, if any, which is never demonstrated).
@@ -43,13 +44,13 @@ def trained_model(role, seconds, seed, levels, flags, out, steps=None):
     its directory, config, steps taken, seconds, and the first step at which the verdict check
     (warmup.verdict_check, every 100 steps) reached the warm-up's default pass mark in every
     family (None: never, or a solver). A judge is trained as the warm-up's judge-only phase
-    trains it, at the peak rate throughout; here the check never ends that phase. A solver's
-    rate decays over `steps`."""
-    judge_phase = [f"--judge_first={steps or 10**9}", "--judge_pass=2"] if role == "judge" \
+    trains it, at the peak rate throughout; here the check never ends that phase (these flags
+    come after the caller's). A solver's rate decays over `steps`."""
+    phase_flags = [f"--judge_first={steps or 10**9}", "--judge_pass=2"] if role == "judge" \
         else ["--judge_first=0"]
     cfg = train.parse_args([f"--out={out}", f"--seed={seed}", f"--demo_mix={MIX[role]}",
                             f"--demo_levels={levels}", f"--judge_levels={levels}",
-                            "--save_every=1000000"] + judge_phase + flags)
+                            "--save_every=1000000"] + flags + phase_flags)
     torch.set_num_threads(cfg.threads or os.cpu_count())
     start = time.time()
     model = train.run_stage(cfg, "warmup", train.base_model(cfg), os.path.join(out, role),
@@ -58,19 +59,20 @@ def trained_model(role, seconds, seed, levels, flags, out, steps=None):
     trained = time.time() - start
     with open(os.path.join(out, role, "metrics.jsonl")) as f:
         logged = [json.loads(line) for line in f]
-    passed = [m["step"] + 1 for m in logged
-              if m.get("verdict_check", 0) >= train.Config.judge_pass]
-    return model, cfg, len(logged), trained, passed[0] if passed else None
+    passed_at = [m["step"] + 1 for m in logged
+                 if m.get("verdict_check", 0) >= train.Config.judge_pass]
+    return model, cfg, len(logged), trained, passed_at[0] if passed_at else None
 
 
 def run_seed(args, seed, flags, out):
     """One seed's row: training figures and the held-out figures of its role."""
-    model, cfg, steps, trained, passed = trained_model(args.role, args.seconds, seed, args.levels,
-                                                       flags, out, args.steps or None)
+    model, cfg, steps, trained, passed_at = trained_model(args.role, args.seconds, seed,
+                                                          args.levels, flags, out,
+                                                          args.steps or None)
     policy, tok = evaluation.load_for_eval(model)
     generate_fn = evaluation.model_generate_fn(policy, tok, max_new_tokens=cfg.max_new_tokens)
     families = cfg.families.split(",")
-    row = {"seed": seed, "steps": steps, "train_s": round(trained), "check_passed": passed}
+    row = {"seed": seed, "steps": steps, "train_s": round(trained), "check_passed_at": passed_at}
     if args.role == "solve":
         trained_levels = [int(x) for x in args.levels.split(",")]
         above = [lv for lv in tasks.LEVELS if lv == max(trained_levels) + 1]  # none above 5
@@ -119,10 +121,10 @@ def main():
                   + " ".join(f"{f} {v:.2f}" for f, v in r["per_family"].items()))
     else:
         figures = ("agreement", "accepts_reference", "rejects_wrong", "steps")
-        print(f"{'seed':>4} {'steps':>6} {'check passed':>12} {'agreement':>14} "
+        print(f"{'seed':>4} {'steps':>6} {'check passed at':>16} {'agreement':>14} "
               f"{'accepts ref':>12} {'rejects wrong':>14}  per family")
         for r in rows:
-            print(f"{r['seed']:>4} {r['steps']:>6} {str(r['check_passed'] or '-'):>12} "
+            print(f"{r['seed']:>4} {r['steps']:>6} {str(r['check_passed_at'] or '-'):>16} "
                   f"{r['agreement']:>8.3f}±{r['se']:.3f} "
                   f"{r['accepts_reference']:>12.3f} {r['rejects_wrong']:>14.3f}  "
                   + " ".join(f"{f} {v:.2f}" for f, v in r["per_family"].items()))
