@@ -271,7 +271,8 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
 def lr_factor(cfg, stage, step, steps, state=None):
     """Linear warm-up, then constant for RL stages and cosine decay to 10% over `steps` for the
     NLL warm-up (a small model trained by NLL ends clearly lower with the decay). A run that
-    ends at a deadline (`steps` None) has no horizon to decay over and stays constant.
+    ends at a deadline (`steps` None) has no horizon to decay over and stays constant (after a
+    judge-only phase, at `mixed_lr` times the rate).
     With --judge_first the judge-only phase stays at the peak rate: it ends on the verdict check,
     not on a horizon, and the comparison clicks only after enough steps at a high rate (decayed
     over 1,200 steps, seed 0 missed it where 1,325 at the peak did not; docs/findings.md, "A
@@ -279,12 +280,12 @@ def lr_factor(cfg, stage, step, steps, state=None):
     at `mixed_lr` times the rate (a rate that makes the comparison click can be too high to go on
     learning the other roles at; docs/findings.md, "How the tiny world became learnable")."""
     scale, decays = 1.0, stage == "warmup" and steps is not None
-    if decays and cfg.judge_first:
-        end = min((state or {}).get("judge_learned", cfg.judge_first), steps)
+    if stage == "warmup" and cfg.judge_first:
+        end = min((state or {}).get("judge_learned", cfg.judge_first), steps or math.inf)
         if step < end:
             decays = False
-        else:
-            step, steps, scale = step - end, steps - end, cfg.mixed_lr
+        else:  # the mixed phase, at mixed_lr with or without a horizon
+            step, steps, scale = step - end, steps and steps - end, cfg.mixed_lr
     warm = scale * min(1.0, (step + 1) / max(1, cfg.lr_warmup))
     return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps))) if decays else warm
 

@@ -207,3 +207,7 @@ def test_the_judge_only_phase_runs_at_the_peak_rate_and_the_mixed_phase_decays_o
     assert train.lr_factor(plain, "warmup", 99, 100) == pytest.approx(
         0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
     assert train.lr_factor(cfg, "alive", 500, 1000, {}) == 1.0  # RL stages: constant
+    # a warm-up against a deadline (no horizon): no decay, but its mixed phase at mixed_lr too
+    assert [train.lr_factor(cfg, "warmup", s, None, {"judge_learned": 40}) for s in range(200)] \
+        == pytest.approx(judge_only[:40] + [mixed * min(1.0, (s + 1) / cfg.lr_warmup)
+                                            for s in range(160)])
