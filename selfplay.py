@@ -152,11 +152,15 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
         p.revised.append([])
         p.gains.append([])
     # 4. revise what the judge did not accept, from its fix of the step it flags; a problem
-    # whose solutions are all wrong (the verifier's blind spot) gets `all_wrong_revisions` each
+    # whose solutions are all wrong (the verifier's blind spot) gets `all_wrong_revisions` each.
+    # --critic=teacher hands the reviser the programmatic teacher's critique instead (an oracle
+    # ablation: what the judge's words could give at best; the judge still decides what is revised)
     redo = [(p, j) for p in problems for j, v in enumerate(p.verdicts) if v is not True
             for _ in range(1 if any(p.correct) else cfg.all_wrong_revisions)]
-    asked = [roles.revise_prompt(p.task.prompt, p.solutions[j].text, p.critiques[j].text)
-             for p, j in redo]
+    notes = [p.critiques[j].text if cfg.critic == "judge" else
+             tasks.critique(p.task, p.solutions[j].text) for p, j in redo]
+    asked = [roles.revise_prompt(p.task.prompt, p.solutions[j].text, note)
+             for (p, j), note in zip(redo, notes)]
     for (p, j), prompt, r in zip(redo, asked, sample_texts(policy, tok, asked, cfg, gen)):
         whole = whole_revision(tok, cfg, p.solutions[j], prompt, r)
         p.revisions[j].append(r)

@@ -81,6 +81,8 @@ class Config:
     environment: int = 1        # alive: environment tasks per seed, solved beside its posings
     all_wrong_revisions: int = 1  # alive: revisions per rejected solution of a problem whose
                                   #   solutions are all wrong (else 1): no verifier signal there
+    critic: str = "judge"       # alive: whose critique a revision reads: judge (the model's own) |
+                                #   teacher (tasks.critique; an ablation: the most words could give)
     temperature: float = 1.0    # rollout sampling temperature
     top_p: float = 1.0          # rollout nucleus
     max_new_tokens: int = 160   # per completion
@@ -142,7 +144,7 @@ def parse_args(argv):
         except ValueError:
             sys.exit(f"train.py: --{key}={value!r} is not a valid {kind.__name__}")
         setattr(cfg, key, parsed)
-    checks = {"stage": STAGES, "reward": ("verbal", "scalar"),
+    checks = {"stage": STAGES, "reward": ("verbal", "scalar"), "critic": ("judge", "teacher"),
               "checkpointing": ("auto", "on", "off"),
               "ability": tasks.FAMILIES[:3], "merge_method": merging.METHODS}
     for key, valid in checks.items():
