@@ -45,7 +45,7 @@ class Posing:
     held_out: bool = False     # well formed, but a held-out problem: refused, not penalised
     solutions: list = field(default_factory=list)  # N completions of the solve prompt
     correct: list = field(default_factory=list)    # the verifier on each: 0.0 or 1.0
-    critiques: list = field(default_factory=list)  # the judge's completion on each
+    critiques: list = field(default_factory=list)  # the judge's completion on each (or None)
     verdicts: list = field(default_factory=list)   # parsed: True, False, None (unparsable)
     pointers: list = field(default_factory=list)   # its first wrong step, audited; or None
     steps: list = field(default_factory=list)      # per solution: the step of each token
@@ -70,6 +70,9 @@ def self_play_samples(posings, alpha):
             rows.append(("pose", p.pose, learnable, ("pose", p.family), None, None))
         for j, solution in enumerate(p.solutions):
             verdict, truth = p.verdicts[j], p.correct[j]
+            if p.critiques[j] is None:  # not judged (--judged=all_wrong): the verifier alone
+                rows.append(("solve", solution, truth, ("solve", i), None, None))
+                continue
             rows.append(("solve", solution, (1 - alpha) * float(verdict is True) + alpha * truth,
                          ("solve", i), p.steps[j], p.pointers[j]))
             rows.append(("judge", p.critiques[j], agreement(verdict, truth) + critique_gains[j],

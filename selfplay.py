@@ -17,6 +17,10 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
      (NLL) beside them, update.train_on takes one clipped PG step.
 --reward=scalar keeps steps 2 and 5 with r = exact match on environment tasks (plain GRPO),
 `posings + environment` of them per seed: as many problems as alive solves.
+--judged=all_wrong spends words only where the verifier is silent: steps 3 and 4 take only the
+solutions of problems none of whose solutions is right (each revised, whatever its verdict), and
+every solver reward is the verifier's. --critic=teacher hands the reviser the programmatic
+teacher's critique in place of the judge's (an oracle ablation: the most the words could give).
 The curriculum judges a family once at least 16 of its solutions at its level have gathered:
 their solve rate above --promote raises the level, below --demote lowers it. Each step also logs,
 per family, its groups with no right solution and how many of those a revision rescued.
@@ -61,7 +65,8 @@ class Group(NamedTuple):
     level: int
     correct: list   # the verifier's 0/1 for each solution
     rescued: bool   # a revision of one of them was right, whole chain (alive; False in scalar)
-    accepted: list  # for each solution, did the judge say "correct" (alive; empty in scalar)
+    accepted: list  # for each solution, did the judge say "correct" (None: not judged; alive;
+    #                 empty in scalar)
 
 
 def sample_texts(policy, tok, prompts, cfg, gen):
@@ -130,32 +135,41 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
             posings.append(R.Posing(family, task=tasks.sample(family, level, rng, "train")))
     problems = [p for p in posings if p.task is not None]
     # 2. solve: N solutions per problem; 3. judge each in words, the reference answer in view
+    # (--judged=all_wrong: only those of problems none of whose solutions the verifier finds
+    # right; the others learn from the verifier alone, as in GRPO)
     each = [p for p in problems for _ in range(cfg.solutions)]
     sols = sample_texts(policy, tok, [roles.solve_prompt(p.task.prompt) for p in each], cfg, gen)
+    right = [float(evaluation.score(p.task, s.text)) for p, s in zip(each, sols)]
+    solved = {id(p) for p, r in zip(each, right) if r}
+    mine = [k for k, p in enumerate(each) if cfg.judged == "all" or id(p) not in solved]
     # audits: a reference and a corrupted solution per problem, judged too, so the judge's
     # reward is not agreement on mostly wrong solutions alone (which teaches it to reject all)
     audited = [(p, text, truth) for p in (problems if cfg.audits else []) for text, truth in
                ((tasks.solve(p.task), 1.0), (tasks.corrupt(p.task, rng)[0], 0.0))]
-    judged = [(p, s.text) for p, s in zip(each, sols)] + [(p, text) for p, text, _ in audited]
+    judged = [(each[k], sols[k].text) for k in mine] + [(p, text) for p, text, _ in audited]
     critiques = sample_texts(policy, tok, [roles.judge_prompt(p.task.prompt, p.task.answer, text)
-                                           for p, text in judged], cfg, gen)
-    for (p, _, truth), c in zip(audited, critiques[len(sols):]):
+                                           for p, text in judged], cfg, gen) if judged else []
+    for (p, _, truth), c in zip(audited, critiques[len(mine):]):
         p.audits.append((c, roles.parse_verdict(c.text), truth))
-    for p, s, c in zip(each, sols, critiques):
+    critique_of = dict(zip(mine, critiques))
+    for k, (p, s) in enumerate(zip(each, sols)):
+        c = critique_of.get(k)  # None: not judged
         p.solutions.append(s)
-        p.correct.append(float(evaluation.score(p.task, s.text)))
+        p.correct.append(right[k])
         p.steps.append(roles.token_steps(tok, s.ids, s.text))
         p.critiques.append(c)
-        p.verdicts.append(roles.parse_verdict(c.text))
-        p.pointers.append(audited_pointer(p.task, s.text, c.text))
+        p.verdicts.append(c and roles.parse_verdict(c.text))
+        p.pointers.append(c and audited_pointer(p.task, s.text, c.text))
         p.revisions.append([])
         p.revised.append([])
         p.gains.append([])
-    # 4. revise what the judge did not accept, from its fix of the step it flags; a problem
-    # whose solutions are all wrong (the verifier's blind spot) gets `all_wrong_revisions` each.
-    # --critic=teacher hands the reviser the programmatic teacher's critique instead (an oracle
-    # ablation: what the judge's words could give at best; the judge still decides what is revised)
-    redo = [(p, j) for p in problems for j, v in enumerate(p.verdicts) if v is not True
+    # 4. revise what the judge did not accept (--judged=all_wrong: every solution it judged, all
+    # wrong), from its fix of the step it flags; a problem whose solutions are all wrong (the
+    # verifier's blind spot) gets `all_wrong_revisions` each. --critic=teacher hands the reviser
+    # the programmatic teacher's critique instead (an oracle ablation: what the judge's words
+    # could give at best)
+    redo = [(p, j) for p in problems for j, (c, v) in enumerate(zip(p.critiques, p.verdicts))
+            if c and (v is not True or cfg.judged == "all_wrong")
             for _ in range(1 if any(p.correct) else cfg.all_wrong_revisions)]
     notes = [p.critiques[j].text if cfg.critic == "judge" else
              tasks.critique(p.task, p.solutions[j].text) for p, j in redo]
@@ -168,26 +182,28 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
         right = tasks.faithful(p.task, whole.text)
         p.gains[j].append(float(R.revision_gain(p.correct[j], right)))
     # 5. rewards, advantages and credit of every role
-    alpha = R.alpha_schedule(step, cfg.alpha_steps, cfg.alpha_floor)
+    # judged only where every solution is wrong, a verdict could only reward a wrong one
+    alpha = 1.0 if cfg.judged == "all_wrong" else R.alpha_schedule(step, cfg.alpha_steps,
+                                                                    cfg.alpha_floor)
     trained, rewards = R.self_play_samples(posings, alpha)
     samples = [update.Sample(role, c.prompt_ids, c.ids, coef) for role, c, coef in trained]
     stats = {**{f"reward/{role}": r for role, r in rewards.items()},
              "acc/solve": [c for p in problems for c in p.correct],
              "pose_validity": [float(p.task is not None) for p in posings if p.pose is not None],
-             "judge_agreement": [R.agreement(v, c)
-                                 for p in problems for v, c in zip(p.verdicts, p.correct)],
+             "judge_agreement": [R.agreement(v, r) for p in problems
+                                 for c, v, r in zip(p.critiques, p.verdicts, p.correct) if c],
              "corrected": [float(any(g > 0 for g in gains))
                            for p in problems for gains in p.gains]}
     groups = [Group(p.task.family, p.task.level, p.correct,
-                    any(g > 0 for gains in p.gains for g in gains), [v is True for v in p.verdicts])
-              for p in problems]
+                    any(g > 0 for gains in p.gains for g in gains),
+                    [c and v is True for c, v in zip(p.critiques, p.verdicts)]) for p in problems]
     # one whole rollout for samples.jsonl: the first posing, and the first problem (that
     # posing's if it was valid) with its solutions, critiques and revisions
     first = problems[0]
     shown = [{"pose": posings[0].pose and posings[0].pose.text,  # None: no poser (posings=0)
               "valid": posings[0].task is not None,
               "problem": first.task.prompt, "answer": first.task.answer,
-              "solutions": [{"text": s.text, "correct": c, "critique": k.text, "verdict": v,
+              "solutions": [{"text": s.text, "correct": c, "critique": k and k.text, "verdict": v,
                              "revisions": [w.text for w in r], "revision_gains": g}
                             for s, c, k, v, r, g in zip(first.solutions, first.correct,
                                                         first.critiques, first.verdicts,
@@ -241,7 +257,8 @@ def group_counts(families, groups):
     for family in families:
         mine = [g for g in groups if g.family == family]
         wrong = [g for g in mine if not any(g.correct)]
-        accepted = [a for g in mine for c, a in zip(g.correct, g.accepted) if not c]  # wrong ones
+        accepted = [a for g in mine for c, a in zip(g.correct, g.accepted)
+                    if not c and a is not None]  # the wrong ones it judged
         counts.update({f"groups/{family}": len(mine), f"all_wrong/{family}": len(wrong),
                        f"rescued/{family}": sum(g.rescued for g in wrong),
                        f"judged_wrong/{family}": len(accepted),

@@ -81,6 +81,8 @@ class Config:
     environment: int = 1        # alive: environment tasks per seed, solved beside its posings
     all_wrong_revisions: int = 1  # alive: revisions per rejected solution of a problem whose
                                   #   solutions are all wrong (else 1): no verifier signal there
+    judged: str = "all"         # alive: solutions the judge critiques: all | all_wrong (only where
+                                #   the verifier finds none right; revise them all, GRPO elsewhere)
     critic: str = "judge"       # alive: whose critique a revision reads: judge (the model's own) |
                                 #   teacher (tasks.critique; an ablation: the most words could give)
     temperature: float = 1.0    # rollout sampling temperature
@@ -145,6 +147,7 @@ def parse_args(argv):
             sys.exit(f"train.py: --{key}={value!r} is not a valid {kind.__name__}")
         setattr(cfg, key, parsed)
     checks = {"stage": STAGES, "reward": ("verbal", "scalar"), "critic": ("judge", "teacher"),
+              "judged": ("all", "all_wrong"),
               "checkpointing": ("auto", "on", "off"),
               "ability": tasks.FAMILIES[:3], "merge_method": merging.METHODS}
     for key, valid in checks.items():

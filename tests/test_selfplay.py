@@ -398,3 +398,36 @@ def test_critic_teacher_revises_from_the_teachers_critique_not_the_judges(tiny, 
         assert [p for p in scripted.prompts if roles.role_of(p) == "revise"] == [
             roles.revise_prompt(task.prompt, text, wrong_fix if critic == "judge" else
                                 tasks.critique(task, text)) for task, text in zip(problems, solved)]
+
+
+def test_judged_all_wrong_spends_words_only_where_the_verifier_is_silent(tiny, monkeypatch):
+    """--judged=all_wrong: a problem with a right solution learns from the verifier alone (no
+    critique, no revision, reward = exact match); every solution of a problem with none is
+    judged and revised, even one the judge calls correct (the verifier says it is not)."""
+    policy, tok = M.load(tiny)
+    plan = [("deduction", 1), ("induction", 2)]
+    cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
+                            "--solutions=2", "--environment=0", "--judged=all_wrong"])
+    scripted = scripted_roles(tok, monkeypatch)  # right and wrong in turn: none all wrong
+    samples, stats, groups, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
+                                                        None, step=cfg.alpha_steps)  # alpha 0.5
+    asked = [roles.role_of(p) for p in scripted.prompts]
+    assert asked.count("solve") == 8 and "judge" not in asked and "revise" not in asked
+    assert stats["reward/solve"] == [c for g in groups for c in g.correct] == [1.0, 0.0] * 4
+    assert stats["judge_agreement"] == [] and {s.role for s in samples} <= {"pose", "solve"}
+    assert all(a is None for g in groups for a in g.accepted)
+
+    lenient = "Verdict: correct"  # the judge errs; the reviser rewrites the whole solution
+    scripted = scripted_roles(tok, monkeypatch, wrong=True)
+
+    def sample_texts(policy_, tok_, prompts, cfg_, gen):
+        out = scripted(policy_, tok_, prompts, cfg_, gen)
+        return [sampling.Completion(c.prompt_ids, tok(lenient)["input_ids"], lenient, True)
+                if roles.role_of(p) == "judge" else c for p, c in zip(prompts, out)]
+    monkeypatch.setattr(selfplay, "sample_texts", sample_texts)
+    samples, stats, groups, _ = selfplay.alive_rollouts(policy, tok, cfg, plan,
+                                                        random.Random(0), None, step=0)
+    asked = [roles.role_of(p) for p in scripted.prompts]
+    assert asked.count("judge") == asked.count("revise") == 8
+    assert stats["judge_agreement"] == [0.0] * 8 and stats["reward/revise"] == [1.0] * 8
+    assert sum(s.role == "corrected" for s in samples) == 8
