@@ -139,8 +139,8 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     # right; the others learn from the verifier alone, as in GRPO)
     each = [p for p in problems for _ in range(cfg.solutions)]
     sols = sample_texts(policy, tok, [roles.solve_prompt(p.task.prompt) for p in each], cfg, gen)
-    right = [float(evaluation.score(p.task, s.text)) for p, s in zip(each, sols)]
-    solved = {id(p) for p, r in zip(each, right) if r}
+    verified = [float(evaluation.score(p.task, s.text)) for p, s in zip(each, sols)]
+    solved = {id(p) for p, r in zip(each, verified) if r}
     mine = [k for k, p in enumerate(each) if cfg.judged == "all" or id(p) not in solved]
     # audits: a reference and a corrupted solution per problem, judged too, so the judge's
     # reward is not agreement on mostly wrong solutions alone (which teaches it to reject all)
@@ -155,7 +155,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     for k, (p, s) in enumerate(zip(each, sols)):
         c = critique_of.get(k)  # None: not judged
         p.solutions.append(s)
-        p.correct.append(right[k])
+        p.correct.append(verified[k])
         p.steps.append(roles.token_steps(tok, s.ids, s.text))
         p.critiques.append(c)
         p.verdicts.append(c and roles.parse_verdict(c.text))
