@@ -17,11 +17,12 @@
 
 2. Advantages: A = (r - mean) / std within a group (the solutions of one posing; the posers of
    one family; the critiques of one posing's right solutions, and apart from them those of its
-   wrong ones: only a critique not saying "correct" is revised and can earn a gain, which in
-   one group would make accepting a right solution score below the mean and teach the judge
-   to reject); a group whose rewards are all equal is dropped. Token credit: a solution with
-   A < 0 whose critique names its first wrong step k takes A on steps k.. and 0 before; a k the
-   environment finds past the first wrong step is dropped (selfplay.audited_pointer: A whole).
+   wrong ones: only a critique not saying "correct" is revised (with --judged=all_wrong, every
+   critique) and can earn a gain, which in one group would make accepting a right solution
+   score below the mean and teach the judge to reject); a group whose rewards are all equal is
+   dropped. Token credit: a solution with A < 0 whose critique names its first wrong step k
+   takes A on steps k.. and 0 before; a k the environment finds past the first wrong step is
+   dropped (selfplay.audited_pointer: A whole).
    The per-token coefficients c_t = A x credit are what loss.fused_loss consumes.
 
 3. Refinement (AvR): rounds of critique -> revise, preference pairs, long refinement thoughts.

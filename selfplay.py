@@ -19,8 +19,10 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
 `posings + environment` of them per seed: as many problems as alive solves.
 --judged=all_wrong spends words only where the verifier is silent: steps 3 and 4 take only the
 solutions of problems none of whose solutions is right (each revised, whatever its verdict), and
-every solver reward is the verifier's. --critic=teacher hands the reviser the programmatic
-teacher's critique in place of the judge's (an oracle ablation: the most the words could give).
+every solver reward is the verifier's (alpha is 1). --critic=teacher hands the reviser the
+programmatic teacher's critique in place of the judge's (an oracle ablation: the most the words
+could give; the judge's critique is still sampled, costs its time and is rewarded as before,
+the gains of the revisions made from the teacher's words included).
 The curriculum judges a family once at least 16 of its solutions at its level have gathered:
 their solve rate above --promote raises the level, below --demote lowers it. Each step also logs,
 per family, its groups with no right solution and how many of those a revision rescued.
@@ -147,8 +149,9 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     audited = [(p, text, truth) for p in (problems if cfg.audits else []) for text, truth in
                ((tasks.solve(p.task), 1.0), (tasks.corrupt(p.task, rng)[0], 0.0))]
     judged = [(each[k], sols[k].text) for k in mine] + [(p, text) for p, text, _ in audited]
+    # every rank asks, even with nothing to judge: a rollout's all-gather is a collective
     critiques = sample_texts(policy, tok, [roles.judge_prompt(p.task.prompt, p.task.answer, text)
-                                           for p, text in judged], cfg, gen) if judged else []
+                                           for p, text in judged], cfg, gen)
     for (p, _, truth), c in zip(audited, critiques[len(mine):]):
         p.audits.append((c, roles.parse_verdict(c.text), truth))
     critique_of = dict(zip(mine, critiques))

@@ -82,7 +82,7 @@ class Config:
     all_wrong_revisions: int = 1  # alive: revisions per rejected solution of a problem whose
                                   #   solutions are all wrong (else 1): no verifier signal there
     judged: str = "all"         # alive: solutions the judge critiques: all | all_wrong (only where
-                                #   the verifier finds none right; revise them all, GRPO elsewhere)
+                                #   the verifier finds none right, each revised; alpha pinned at 1)
     critic: str = "judge"       # alive: whose critique a revision reads: judge (the model's own) |
                                 #   teacher (tasks.critique; an ablation: the most words could give)
     temperature: float = 1.0    # rollout sampling temperature
@@ -187,6 +187,9 @@ def parse_args(argv):
                  "> 0, of alive, scalar and SFT: --compare_steps=177,474,722")
     if cfg.compare_steps and cfg.stage != "compare":
         sys.exit(f"train.py: --compare_steps is for --stage=compare, not --stage={cfg.stage}")
+    if cfg.audits and cfg.judged == "all_wrong":
+        sys.exit("train.py: --audits with --judged=all_wrong: an audit's reward is compared with "
+                 "the judgements of right solutions, which all_wrong does not make")
     if cfg.all_wrong_revisions > 1 and cfg.temperature == 0:
         sys.exit(f"train.py: --all_wrong_revisions={cfg.all_wrong_revisions} with --temperature=0 "
                  "writes the same revision each time; sample (--temperature > 0) or use 1")
@@ -276,8 +279,8 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
 def lr_factor(cfg, stage, step, steps, state=None):
     """Linear warm-up, then constant for RL stages and cosine decay to 10% over `steps` for the
     NLL warm-up (a small model trained by NLL ends clearly lower with the decay). A run that
-    ends at a deadline (`steps` None) has no horizon to decay over and stays constant (after a
-    judge-only phase, at `mixed_lr` times the rate).
+    ends at a deadline (`steps` None) has no horizon to decay over and stays constant after its
+    linear warm-up (after a judge-only phase, at `mixed_lr` times the rate, warmed up again).
     With --judge_first the judge-only phase stays at the peak rate: it ends on the verdict check,
     not on a horizon, and the comparison clicks only after enough steps at a high rate (decayed
     over 1,200 steps, seed 0 missed it where 1,325 at the peak did not; docs/findings.md, "A

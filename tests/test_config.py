@@ -50,6 +50,9 @@ def test_bad_input_gives_one_clear_line(args, message, tmp_path):
     ("--compare_steps=1,0,2", "--compare_steps='1,0,2' needs three step counts > 0"),
     ("--compare_steps=1,2,3", "--compare_steps is for --stage=compare, not --stage=all"),
     ("--all_wrong_revisions=2 --temperature=0", "writes the same revision each time"),
+    ("--audits --judged=all_wrong", "--audits with --judged=all_wrong"),  # audits never trained
+    ("--judged=some", "--judged='some'; valid: all, all_wrong"),
+    ("--critic=oracle", "--critic='oracle'; valid: judge, teacher"),
 ])
 def test_out_of_range_values_are_refused_by_name(arg, message):
     with pytest.raises(SystemExit, match=re.escape(message)):

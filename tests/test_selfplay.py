@@ -425,9 +425,10 @@ def test_judged_all_wrong_spends_words_only_where_the_verifier_is_silent(tiny, m
         return [sampling.Completion(c.prompt_ids, tok(lenient)["input_ids"], lenient, True)
                 if roles.role_of(p) == "judge" else c for p, c in zip(prompts, out)]
     monkeypatch.setattr(selfplay, "sample_texts", sample_texts)
-    samples, stats, groups, _ = selfplay.alive_rollouts(policy, tok, cfg, plan,
-                                                        random.Random(0), None, step=0)
+    samples, stats, groups, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
+                                                        None, step=cfg.alpha_steps)
     asked = [roles.role_of(p) for p in scripted.prompts]
     assert asked.count("judge") == asked.count("revise") == 8
     assert stats["judge_agreement"] == [0.0] * 8 and stats["reward/revise"] == [1.0] * 8
+    assert stats["reward/solve"] == [0.0] * 8  # the verdict "correct" earns a wrong one nothing
     assert sum(s.role == "corrected" for s in samples) == 8
