@@ -67,8 +67,7 @@ class Group(NamedTuple):
     level: int
     correct: list   # the verifier's 0/1 for each solution
     rescued: bool   # a revision of one of them was right, whole chain (alive; False in scalar)
-    accepted: list  # for each solution, did the judge say "correct" (None: not judged; alive;
-    #                 empty in scalar)
+    accepted: list  # per solution, did the judge say "correct" (None: not judged; alive only)
 
 
 def sample_texts(policy, tok, prompts, cfg, gen):
@@ -143,18 +142,18 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     sols = sample_texts(policy, tok, [roles.solve_prompt(p.task.prompt) for p in each], cfg, gen)
     verified = [float(evaluation.score(p.task, s.text)) for p, s in zip(each, sols)]
     solved = {id(p) for p, r in zip(each, verified) if r}
-    mine = [k for k, p in enumerate(each) if cfg.judged == "all" or id(p) not in solved]
+    to_judge = [k for k, p in enumerate(each) if cfg.judged == "all" or id(p) not in solved]
     # audits: a reference and a corrupted solution per problem, judged too, so the judge's
     # reward is not agreement on mostly wrong solutions alone (which teaches it to reject all)
     audited = [(p, text, truth) for p in (problems if cfg.audits else []) for text, truth in
                ((tasks.solve(p.task), 1.0), (tasks.corrupt(p.task, rng)[0], 0.0))]
-    judged = [(each[k], sols[k].text) for k in mine] + [(p, text) for p, text, _ in audited]
+    judged = [(each[k], sols[k].text) for k in to_judge] + [(p, text) for p, text, _ in audited]
     # every rank asks, even with nothing to judge: a rollout's all-gather is a collective
     critiques = sample_texts(policy, tok, [roles.judge_prompt(p.task.prompt, p.task.answer, text)
                                            for p, text in judged], cfg, gen)
-    for (p, _, truth), c in zip(audited, critiques[len(mine):]):
+    for (p, _, truth), c in zip(audited, critiques[len(to_judge):]):
         p.audits.append((c, roles.parse_verdict(c.text), truth))
-    critique_of = dict(zip(mine, critiques))
+    critique_of = dict(zip(to_judge, critiques))
     for k, (p, s) in enumerate(zip(each, sols)):
         c = critique_of.get(k)  # None: not judged
         p.solutions.append(s)

@@ -373,6 +373,18 @@ def test_refine_pairs_and_thoughts_from_scripted_roles(tiny, tmp_path, monkeypat
     assert log["revisions"] == 0.5  # one revision on each wrong one's chains, none on right
 
 
+def judge_says(scripted, tok, critique, solutions=None):
+    """The scripted sampler with every judge completion replaced by `critique`; the solutions it
+    writes are appended to `solutions` when given."""
+    def sample_texts(policy, tok_, prompts, cfg, gen):
+        out = scripted(policy, tok_, prompts, cfg, gen)
+        if solutions is not None:
+            solutions.extend(c.text for p, c in zip(prompts, out) if roles.role_of(p) == "solve")
+        return [sampling.Completion(c.prompt_ids, tok(critique)["input_ids"], critique, True)
+                if roles.role_of(p) == "judge" else c for p, c in zip(prompts, out)]
+    return sample_texts
+
+
 def test_critic_teacher_revises_from_the_teachers_critique_not_the_judges(tiny, monkeypatch):
     """--critic=teacher (the oracle ablation) hands every revision the programmatic teacher's
     critique of its solution; the default hands it the judge's own words, here a wrong fix."""
@@ -380,24 +392,18 @@ def test_critic_teacher_revises_from_the_teachers_critique_not_the_judges(tiny, 
     plan = [("induction", 2), ("deduction", 1)]
     wrong_fix = "Step 1 is wrong: it should be 1+1=2.\nVerdict: incorrect"
     for critic in ("judge", "teacher"):
-        scripted, solved = scripted_roles(tok, monkeypatch, wrong=True), []
-
-        def sample_texts(policy_, tok_, prompts, cfg_, gen, scripted=scripted, solved=solved):
-            out = scripted(policy_, tok_, prompts, cfg_, gen)
-            solved += [c.text for p, c in zip(prompts, out) if roles.role_of(p) == "solve"]
-            return [sampling.Completion(c.prompt_ids, tok(wrong_fix)["input_ids"], wrong_fix,
-                                        True) if roles.role_of(p) == "judge" else c
-                    for p, c in zip(prompts, out)]
-        monkeypatch.setattr(selfplay, "sample_texts", sample_texts)
+        scripted, written = scripted_roles(tok, monkeypatch, wrong=True), []
+        monkeypatch.setattr(selfplay, "sample_texts", judge_says(scripted, tok, wrong_fix, written))
         cfg = train.parse_args(["--families=induction,deduction", "--seeds=2", "--solutions=2",
                                 "--environment=0", f"--critic={critic}"])
         selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0), None, step=0)
         problems = [scripted.environment[p.split("#problem\n", 1)[1].split("\n#", 1)[0]]
                     for p in scripted.prompts if roles.role_of(p) == "solve"]
-        assert len(solved) == 4  # every solution wrong, every verdict "incorrect": all revised
+        assert len(written) == 4  # every solution wrong, every verdict "incorrect": all revised
         assert [p for p in scripted.prompts if roles.role_of(p) == "revise"] == [
             roles.revise_prompt(task.prompt, text, wrong_fix if critic == "judge" else
-                                tasks.critique(task, text)) for task, text in zip(problems, solved)]
+                                tasks.critique(task, text))
+            for task, text in zip(problems, written)]
 
 
 def test_judged_all_wrong_spends_words_only_where_the_verifier_is_silent(tiny, monkeypatch):
@@ -419,12 +425,7 @@ def test_judged_all_wrong_spends_words_only_where_the_verifier_is_silent(tiny, m
 
     lenient = "Verdict: correct"  # the judge errs; the reviser rewrites the whole solution
     scripted = scripted_roles(tok, monkeypatch, wrong=True)
-
-    def sample_texts(policy_, tok_, prompts, cfg_, gen):
-        out = scripted(policy_, tok_, prompts, cfg_, gen)
-        return [sampling.Completion(c.prompt_ids, tok(lenient)["input_ids"], lenient, True)
-                if roles.role_of(p) == "judge" else c for p, c in zip(prompts, out)]
-    monkeypatch.setattr(selfplay, "sample_texts", sample_texts)
+    monkeypatch.setattr(selfplay, "sample_texts", judge_says(scripted, tok, lenient))
     samples, stats, groups, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
                                                         None, step=cfg.alpha_steps)
     asked = [roles.role_of(p) for p in scripted.prompts]
