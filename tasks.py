@@ -361,9 +361,14 @@ def answer_of(text):
 def first_wrong_step(task, text):
     """1-based number of the first line of `text` that is not the reference's (the Answer line
     counts; if one ends first, where it ends); None if every line is the reference's."""
-    lines, ref = ([_norm(x) for x in str(t or "").split("\n")] for t in (text, solve(task)))
-    return None if lines == ref else 1 + next(
-        (i for i, (a, b) in enumerate(zip(lines, ref)) if a != b), min(len(lines), len(ref) - 1))
+    return _first_difference(str(text or "").split("\n"), solve(task).split("\n"))
+
+
+def _first_difference(lines, reference):
+    lines, reference = [_norm(x) for x in lines], [_norm(x) for x in reference]
+    return None if lines == reference else 1 + next(
+        (i for i, (a, b) in enumerate(zip(lines, reference)) if a != b),
+        min(len(lines), len(reference) - 1))
 
 
 def critique(task, solution_text):
@@ -373,7 +378,7 @@ def critique(task, solution_text):
     if given is not None and check(task, given):
         return f"{head}\nVerdict: correct"
     lines, reference = str(solution_text or "").split("\n"), solve(task).split("\n")
-    k = (first_wrong_step(task, solution_text) or len(reference)) - 1
+    k = (_first_difference(lines, reference) or len(reference)) - 1
     lhs, _, written = _norm(lines[k] if k < len(lines) else "").split("(")[0].partition("=")
     want_lhs, _, want = _norm(reference[k]).split("(")[0].partition("=")  # before a count
     slip = k < len(task.steps) and lhs == want_lhs and written != want
