@@ -16,8 +16,9 @@ Item i gives x_i in [0, 1]; over n items p = (1/n) sum_i x_i, se = sqrt(sum_i (x
                    its tasks.corrupt corruption (incorrect); means per class `on_correct` /
                    `on_incorrect`, the latter split into `on_wrong_answer` (the Answer line) /
                    `on_wrong_step` (an earlier slip carried on, or a miscount);
-                   `names_the_step`: the critique's parse_pointer hits the slipped step
-  self-correction  on n_judge items the model judges its greedy s (with the reference answer)
+                   `names_the_step`: the critique's parse_pointer hits the slipped step; the
+                   judge reads roles.judge_reference(task, judge_sees) as its reference
+  self-correction  on n_judge items the model judges its greedy s (with its reference)
                    and, unless its verdict is "correct", revises s given its critique:
                    wrong_to_right = #(s wrong, final right) / n, right_to_wrong likewise, `net` =
                    after - before accuracy; `wrong_to_right_faithful` counts only revisions
@@ -34,6 +35,7 @@ and posing keep the held-out items. n_judge=0 / n_pose=0 skip them (null, listed
 Run: python eval.py --model=DIR --out=FILE.json [--families deduction induction] [--levels 3 4]
          [--n=600] [--data=FILE.jsonl] [--samples=4] [--temperature=0.8] [--seed=0] [--hints]
          [--n_judge=200] [--n_pose=100] [--max_new_tokens=256] [--batch_size=64]
+         [--judge_sees=answer|solution]
      python eval.py --plot=RUN_DIR          (RUN_DIR/metrics.jsonl -> RUN_DIR/curves.png)
 JSON is written atomically, a table to stdout, progress to stderr. Under FSDP, call `evaluate`
 inside `model.gathered_for_rollout(policy)` on every rank. Tests: pytest -q tests/test_eval.py
@@ -139,12 +141,6 @@ def breakdown(values, keys):
     return out
 
 
-def means(table):
-    """{"overall": p, <family>: p, ...} from a breakdown: the contract's accuracy layout."""
-    return {"overall": table["overall"]["mean"],
-            **{f: s["mean"] for f, s in table["family"].items()}}
-
-
 def pass_at(k, c, j):
     """Unbiased pass@j from k draws with c correct: 1 - C(k-c, j) / C(k, j)."""
     return 1.0 - math.comb(k - c, j) / math.comb(k, j)
@@ -173,14 +169,15 @@ def solver_metrics(generate_fn, items, samples, temperature):
     return out, greedy, correct
 
 
-def judge_metrics(generate_fn, items, seed):
+def judge_metrics(generate_fn, items, seed, sees="answer"):
     """Agreement of greedy verdicts with the truth on reference vs corrupted solutions."""
     rng = random.Random(f"alive-eval-corrupt:{seed}")
     cases = []  # (task, solution, truth, the corrupted step or None)
     for t in items:
         bad, step = tasks.corrupt(t, rng)
         cases += [(t, tasks.solve(t), True, None), (t, bad, False, step)]
-    texts = generate_fn([roles.judge_prompt(t.prompt, t.answer, s) for t, s, _, _ in cases], 0.0)
+    texts = generate_fn([roles.judge_prompt(t.prompt, roles.judge_reference(t, sees), s)
+                         for t, s, _, _ in cases], 0.0)
     verdicts = [roles.parse_verdict(x) for x in texts]
     agree = [float(v is not None and v == truth) for v, (_, _, truth, _) in zip(verdicts, cases)]
     # the slip is in the Answer line itself, or in an earlier step whose error carried on
@@ -196,9 +193,9 @@ def judge_metrics(generate_fn, items, seed):
             "unparsed": mean_se([float(v is None) for v in verdicts])}
 
 
-def self_correction_metrics(generate_fn, items, solutions, before):
+def self_correction_metrics(generate_fn, items, solutions, before, sees="answer"):
     """Own verdict on own greedy solution; revise unless "correct"; count the answer flips."""
-    critiques = generate_fn([roles.judge_prompt(t.prompt, t.answer, s)
+    critiques = generate_fn([roles.judge_prompt(t.prompt, roles.judge_reference(t, sees), s)
                              for t, s in zip(items, solutions)], 0.0)
     verdicts = [roles.parse_verdict(c) for c in critiques]
     redo = [i for i, v in enumerate(verdicts) if v is not True]
@@ -244,7 +241,7 @@ def pose_metrics(generate_fn, families, levels, n_pose, seed, temperature):
 
 
 def evaluate(generate_fn, families=tasks.FAMILIES, levels=tasks.LEVELS, n=None, seed=0, samples=4,
-             temperature=0.8, data=None, n_judge=200, n_pose=100, log=None):
+             temperature=0.8, data=None, n_judge=200, n_pose=100, log=None, judge_sees="answer"):
     """Every metric of the module docstring as one JSON-able dict (contract keys on top). n: solver
     items (None: 600, or all of data); data: a JSONL path or Tasks; log: gets a line per phase."""
     families, levels = tuple(families), tuple(levels)
@@ -268,19 +265,19 @@ def evaluate(generate_fn, families=tasks.FAMILIES, levels=tasks.LEVELS, n=None, 
     judge = fixes = pose = None
     if n_judge:
         judged = items[:n_judge] if data is None else held_out(families, levels, n_judge, seed)
-        judge = judge_metrics(generate_fn, judged, seed)
+        judge = judge_metrics(generate_fn, judged, seed, judge_sees)
         lap(f"judge ({2 * len(judged)} judgements)")
         k = min(n_judge, len(items))
-        fixes = self_correction_metrics(generate_fn, items[:k], greedy[:k], correct[:k])
+        fixes = self_correction_metrics(generate_fn, items[:k], greedy[:k], correct[:k], judge_sees)
         lap(f"self-correction ({k} items)")
     if n_pose:
         pose = pose_metrics(generate_fn, families, levels, n_pose, seed, temperature)
         lap(f"pose ({n_pose} posings)")
     table = solver["greedy"]
     return {
-        "n": len(items), "accuracy": means(table),
-        "accuracy_se": {"overall": table["overall"]["se"],
-                        **{f: s["se"] for f, s in table["family"].items()}},
+        # the contract's accuracy layout: {"overall": p, <family>: p, ...}
+        **{key: {"overall": table["overall"][k], **{f: s[k] for f, s in table["family"].items()}}
+           for key, k in (("accuracy", "mean"), ("accuracy_se", "se"))}, "n": len(items),
         "accuracy_by_level": {lv: s["mean"] for lv, s in table["level"].items()},
         "accuracy_by_level_se": {lv: s["se"] for lv, s in table["level"].items()},
         "judge_agreement": judge["agreement"]["overall"]["mean"] if judge else None,
@@ -291,7 +288,7 @@ def evaluate(generate_fn, families=tasks.FAMILIES, levels=tasks.LEVELS, n=None, 
         "distinct": len({t.prompt for t in items}), "skipped": skipped,
         "config": {"families": list(families), "levels": list(levels), "seed": seed,
                    "samples": samples, "temperature": temperature, "n_judge": n_judge,
-                   "n_pose": n_pose, "data": str(data) if is_path else
+                   "n_pose": n_pose, "judge_sees": judge_sees, "data": str(data) if is_path else
                    None if data is None else "in-memory"},
         "seconds": seconds}
 
@@ -440,6 +437,8 @@ def parse_args(argv):
     parser.add_argument("--n_pose", type=int, default=100, help="pose prompts")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="budget of every output")
     parser.add_argument("--batch_size", type=int, default=64, help="prompts per decode batch")
+    parser.add_argument("--judge_sees", choices=roles.JUDGE_SEES, default="answer",
+                        help="the judge's reference: the answer, or the whole reference solution")
     parser.add_argument("--hints", action="store_true",
                         help="a model with a chat template reads each role's format first")
     parser.add_argument("--plot",
@@ -470,8 +469,8 @@ def main(argv=None):
         status = 0
         if args.plot:
             runs = [r for r in args.plot.split(",") if r]
-            first = runs[0]
-            folder = first if os.path.isdir(first) else os.path.dirname(os.path.abspath(first))
+            folder = runs[0] if os.path.isdir(runs[0]) else os.path.dirname(
+                os.path.abspath(runs[0]))
             drawn = curves.plot_curves(runs, os.path.join(folder, "curves.png"))
             print(f"curves: {drawn}" if drawn else "curves: not drawn")
             status = 0 if drawn else 1
@@ -486,7 +485,8 @@ def main(argv=None):
                                     args.seed, args.hints)
     report = evaluate(generate_fn, args.families, args.levels, args.n, args.seed, args.samples,
                       args.temperature, data, args.n_judge, args.n_pose,
-                      log=lambda line: print(line, file=sys.stderr, flush=True))
+                      log=lambda line: print(line, file=sys.stderr, flush=True),
+                      judge_sees=args.judge_sees)
     report["config"].update(model=args.model, data=args.data)
     if args.out:
         write_json(report, args.out)

@@ -111,6 +111,20 @@ def judge_prompt(problem, reference, solution):
             f"#solution\n{_block(solution)}#judge\n")
 
 
+JUDGE_SEES = ("answer", "solution")  # what the judge reads as the reference (--judge_sees)
+
+
+def judge_reference(task, sees="answer"):
+    """The reference the judge reads: the task's answer, or (sees="solution") its whole reference
+    solution, steps and Answer line; a task without reference steps (JSONL) has only its answer.
+    Shown the answer alone, the judge cannot name a wrong step whose value the answer does not
+    reveal (induction's misread difference); shown the steps, it can compare line by line
+    (docs/findings.md, "A judge that reads the reference solution")."""
+    if sees not in JUDGE_SEES:
+        raise ValueError(f"the judge sees one of {JUDGE_SEES}, not {sees!r}")
+    return tasks.solve(task) if sees == "solution" and task.steps else task.answer
+
+
 def revise_prompt(problem, solution, critique):
     """Ends on the start of the revision (`revision_start`): the model writes only the rest."""
     return (f"#problem\n{_block(problem)}#solution\n{_block(solution)}"
@@ -333,18 +347,19 @@ def token_steps(tok, ids, text):
 DEMO_KINDS = ("solve", "judge", "revise", "pose", "text")  # "text": a raw document
 
 
-def demonstrations(rng, family, level, kind):
+def demonstrations(rng, family, level, kind, judge_sees="answer"):
     """(prompt, completion)s of one demonstration of `kind` (a role) on a fresh train task. A
     judge demonstration is a contrastive pair: the task's reference solution and the same
     solution corrupted (tasks.corrupt: one slip, or a miscount), each with its critique. Shown
     one at a time, the tiny judge stayed at chance on the numeric and letter answers for 2,000
     steps; shown side by side in one batch, the two differ in a step and the answer, and the
-    comparison is learned (docs/findings.md, "How the tiny world became learnable")."""
+    comparison is learned (docs/findings.md, "How the tiny world became learnable"). The judge
+    reads `judge_reference(task, judge_sees)`."""
     task = tasks.sample(family, level, rng, "train")
     if kind == "solve":
         return [(solve_prompt(task.prompt), tasks.solve(task))]
     if kind == "judge":
-        return judge_pair(task, rng)
+        return judge_pair(task, rng, judge_sees)
     if kind == "revise":  # the prompt ends on the reference's lines up to the fix: the rest
         wrong = tasks.corrupt(task, rng)[0]
         prompt, reference = revise_prompt(task.prompt, wrong, tasks.critique(task, wrong)), \
@@ -356,10 +371,11 @@ def demonstrations(rng, family, level, kind):
     return [(pose_prompt(family, level, document), tasks.pose_text(task))]
 
 
-def judge_pair(task, rng):
+def judge_pair(task, rng, sees="answer"):
     """[(judge prompt, teacher's critique)] on `task`'s reference solution, then on the same
     solution corrupted (tasks.corrupt, drawn with `rng`: one slip, or a miscount)."""
-    return [(judge_prompt(task.prompt, task.answer, solution), tasks.critique(task, solution))
+    reference = judge_reference(task, sees)
+    return [(judge_prompt(task.prompt, reference, solution), tasks.critique(task, solution))
             for solution in (tasks.solve(task), tasks.corrupt(task, rng)[0])]
 
 

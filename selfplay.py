@@ -19,7 +19,11 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
 `posings + environment` of them per seed: as many problems as alive solves.
 --judged=all_wrong spends words only where the verifier is silent: steps 3 and 4 take only the
 solutions of problems none of whose solutions is right (each revised, whatever its verdict), and
-every solver reward is the verifier's (alpha is 1). --critic=teacher hands the reviser the
+every solver reward is the verifier's (alpha is 1); --judged=one_all_wrong takes only the first
+solution of each such problem, a quarter of the judge's and reviser's calls at N = 4 (one
+critique and one revision a group: their own groups of one give them no advantage, so the judge
+learns from its anchor alone and the reviser not at all; the solver learns from the rescues).
+--critic=teacher hands the reviser the
 programmatic teacher's critique in place of the judge's (an oracle ablation: the most the words
 could give; the judge's critique is still sampled, costs its time and is rewarded as before,
 the gains of the revisions made from the teacher's words included).
@@ -137,20 +141,23 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
     problems = [p for p in posings if p.task is not None]
     # 2. solve: N solutions per problem; 3. judge each in words, the reference answer in view
     # (--judged=all_wrong: only those of problems none of whose solutions the verifier finds
-    # right; the others learn from the verifier alone, as in GRPO)
+    # right, the others learning from the verifier alone as in GRPO; one_all_wrong: the first of
+    # each such problem's solutions)
     each = [p for p in problems for _ in range(cfg.solutions)]
     sols = sample_texts(policy, tok, [roles.solve_prompt(p.task.prompt) for p in each], cfg, gen)
     verified = [float(evaluation.score(p.task, s.text)) for p, s in zip(each, sols)]
     solved = {id(p) for p, r in zip(each, verified) if r}
-    to_judge = [k for k, p in enumerate(each) if cfg.judged == "all" or id(p) not in solved]
+    to_judge = [k for k, p in enumerate(each) if cfg.judged == "all" or (
+        id(p) not in solved and (cfg.judged == "all_wrong" or k % cfg.solutions == 0))]
     # audits: a reference and a corrupted solution per problem, judged too, so the judge's
     # reward is not agreement on mostly wrong solutions alone (which teaches it to reject all)
     audited = [(p, text, truth) for p in (problems if cfg.audits else []) for text, truth in
                ((tasks.solve(p.task), 1.0), (tasks.corrupt(p.task, rng)[0], 0.0))]
     judged = [(each[k], sols[k].text) for k in to_judge] + [(p, text) for p, text, _ in audited]
     # every rank asks, even with nothing to judge: a rollout's all-gather is a collective
-    critiques = sample_texts(policy, tok, [roles.judge_prompt(p.task.prompt, p.task.answer, text)
-                                           for p, text in judged], cfg, gen)
+    judge_prompts = [roles.judge_prompt(p.task.prompt, roles.judge_reference(p.task, cfg.judge_sees),
+                                        text) for p, text in judged]
+    critiques = sample_texts(policy, tok, judge_prompts, cfg, gen)
     for (p, _, truth), c in zip(audited, critiques[len(to_judge):]):
         p.audits.append((c, roles.parse_verdict(c.text), truth))
     critique_of = dict(zip(to_judge, critiques))
@@ -165,13 +172,13 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
         p.revisions.append([])
         p.revised.append([])
         p.gains.append([])
-    # 4. revise what the judge did not accept (--judged=all_wrong: every solution it judged, all
+    # 4. revise what the judge did not accept (--judged=*all_wrong: every solution it judged, all
     # wrong), from its fix of the step it flags; a problem whose solutions are all wrong (the
     # verifier's blind spot) gets `all_wrong_revisions` each. --critic=teacher hands the reviser
     # the programmatic teacher's critique instead (an oracle ablation: what the judge's words
     # could give at best)
     redo = [(p, j) for p in problems for j, (c, v) in enumerate(zip(p.critiques, p.verdicts))
-            if c and (v is not True or cfg.judged == "all_wrong")
+            if c and (v is not True or cfg.judged != "all")
             for _ in range(1 if any(p.correct) else cfg.all_wrong_revisions)]
     notes = [p.critiques[j].text if cfg.critic == "judge" else
              tasks.critique(p.task, p.solutions[j].text) for p, j in redo]
@@ -185,8 +192,8 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
         p.gains[j].append(float(R.revision_gain(p.correct[j], right)))
     # 5. rewards, advantages and credit of every role
     # judged only where every solution is wrong, a verdict could only reward a wrong one
-    alpha = 1.0 if cfg.judged == "all_wrong" else R.alpha_schedule(step, cfg.alpha_steps,
-                                                                    cfg.alpha_floor)
+    alpha = 1.0 if cfg.judged != "all" else R.alpha_schedule(step, cfg.alpha_steps,
+                                                              cfg.alpha_floor)
     trained, rewards = R.self_play_samples(posings, alpha)
     samples = [update.Sample(role, c.prompt_ids, c.ids, coef) for role, c, coef in trained]
     stats = {**{f"reward/{role}": r for role, r in rewards.items()},
@@ -295,7 +302,8 @@ def judge_anchor(rng, tok, cfg, plan):
     cells = (plan[k % len(plan)] for k in range(M.share(cfg.judge_anchor)))
     return [update.nll_sample(tok, "anchor", prompt, critique, cfg)
             for family, level in cells
-            for prompt, critique in roles.demonstrations(rng, family, level, "judge")]
+            for prompt, critique in roles.demonstrations(rng, family, level, "judge",
+                                                         cfg.judge_sees)]
 
 
 def rl_step(policy, optimizer, tok, cfg, step, rank, state):
@@ -333,9 +341,10 @@ def refine_step(policy, optimizer, tok, cfg, step, rank, state):
     plan = seed_plan(rng, cfg, state["curriculum"])
     task_of = {t.prompt: t for t in environment_tasks(plan, rng, cfg)}
     problems = list(task_of)
+    reference = {p: roles.judge_reference(t, cfg.judge_sees) for p, t in task_of.items()}
 
     def judge(ps, solutions):
-        prompts = [roles.judge_prompt(p, task_of[p].answer, s) for p, s in zip(ps, solutions)]
+        prompts = [roles.judge_prompt(p, reference[p], s) for p, s in zip(ps, solutions)]
         return [(c.text, roles.parse_verdict(c.text))
                 for c in sample_texts(policy, tok, prompts, cfg, gen)]
 
@@ -365,7 +374,7 @@ def refine_step(policy, optimizer, tok, cfg, step, rank, state):
     samples = []
     for pair in R.refinement_pairs(records):
         prompt = (roles.solve_prompt(pair.problem) if pair.role == "solve" else
-                  roles.judge_prompt(pair.problem, task_of[pair.problem].answer, pair.solution))
+                  roles.judge_prompt(pair.problem, reference[pair.problem], pair.solution))
         samples += [update.nll_sample(tok, pair.role, prompt, pair.chosen, cfg),
                     update.nll_sample(tok, pair.role, prompt, pair.rejected, cfg)]
     metrics = update.dpo_update(policy, optimizer, samples, thoughts, cfg, tok.pad_token_id)

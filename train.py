@@ -8,6 +8,8 @@
 Stages (each reads a model directory and writes `<out>/model`, `<out>/metrics.jsonl`):
   warmup   NLL on demonstrations of every role and on raw documents (warmup.py), optionally
            judge demonstrations alone first (--judge_first).
+  mistakes NLL on the teacher's critiques and fixes of the model's own solutions (mistakes.py);
+           in the pipelines, after the warm-up when --mistakes_steps is set.
   alive    self-play (selfplay.py): pose, solve, judge in words, revise; rewards per role
            from refine.py; one clipped policy-gradient step (update.py).
   align    one meta-ability (--ability), GRPO on exact match; merge: the three aligned models
@@ -40,13 +42,15 @@ from tqdm import tqdm
 import curves
 import eval as evaluation
 import merge as merging
+import mistakes
 import model as M
 import roles
 import selfplay
 import tasks
 import warmup
 
-STAGES = ("warmup", "alive", "align", "merge", "domain", "refine", "all", "compare", "meta")
+STAGES = ("warmup", "mistakes", "alive", "align", "merge", "domain", "refine", "all", "compare",
+          "meta")
 
 
 @dataclass
@@ -83,6 +87,8 @@ class Config:
                                   #   solutions are all wrong (else 1): no verifier signal there
     judged: str = "all"         # alive: solutions the judge critiques: all | all_wrong (only where
                                 #   the verifier finds none right, each revised; alpha pinned at 1)
+                                #   | one_all_wrong (the first of each such problem's solutions)
+    judge_sees: str = "answer"  # the reference in the judge's prompt: answer | solution (its steps)
     critic: str = "judge"       # alive: whose critique a revision reads: judge (the model's own) |
                                 #   teacher (tasks.critique; an ablation: the most words could give)
     temperature: float = 1.0    # rollout sampling temperature
@@ -110,6 +116,9 @@ class Config:
     mixed_lr: float = 1.0       # ... then the mixed phase peaks at this share of lr
     verdict_weight: float = 10.0  # warmup: while it shows judge pairs alone, NLL weight of the
                                   #   critique token that decides the verdict (1: plain NLL)
+    mistakes_steps: int = 0     # mistakes: steps of the stage (pipelines: 0 = no such stage)
+    mistakes_pool: int = 4000   # mistakes: own solutions sampled at its start
+    mistakes_lr: float = 3e-4   # mistakes: peak learning rate, decaying as the warm-up's
     merge_method: str = "task_arithmetic"  # merge: linear|task_arithmetic|ties|dare
     merge_density: float = 0.5  # merge: ties/dare density
     merge_models: str = ""      # merge: comma-separated dirs; "" = <out>/../align_<ability>/model
@@ -147,9 +156,9 @@ def parse_args(argv):
             sys.exit(f"train.py: --{key}={value!r} is not a valid {kind.__name__}")
         setattr(cfg, key, parsed)
     checks = {"stage": STAGES, "reward": ("verbal", "scalar"), "critic": ("judge", "teacher"),
-              "judged": ("all", "all_wrong"),
-              "checkpointing": ("auto", "on", "off"),
-              "ability": tasks.FAMILIES[:3], "merge_method": merging.METHODS}
+              "judged": ("all", "all_wrong", "one_all_wrong"), "judge_sees": roles.JUDGE_SEES,
+              "checkpointing": ("auto", "on", "off"), "ability": tasks.FAMILIES[:3],
+              "merge_method": merging.METHODS}
     for key, valid in checks.items():
         if getattr(cfg, key) not in valid:
             sys.exit(f"train.py: --{key}={getattr(cfg, key)!r}; valid: {', '.join(valid)}")
@@ -171,25 +180,27 @@ def parse_args(argv):
     # below these the run would fail deep in the sampler, the update or the checkpoint loop, or
     # train silently on nothing (a zero grad_clip scales every gradient to 0)
     for key, low in (("batch", 1), ("seeds", 1), ("solutions", 1), ("all_wrong_revisions", 1),
-                     ("max_new_tokens", 1), ("micro_batch", 1), ("ppo_epochs", 1),
-                     ("save_every", 1), ("eval_n", 1), ("compare_eval_n", 1), ("posings", 0),
-                     ("environment", 0), ("judge_anchor", 0), ("temperature", 0),
+                     ("mistakes_pool", 1), ("max_new_tokens", 1), ("micro_batch", 1),
+                     ("ppo_epochs", 1), ("save_every", 1), ("eval_n", 1), ("compare_eval_n", 1),
+                     ("posings", 0), ("environment", 0), ("judge_anchor", 0), ("temperature", 0),
                      ("verdict_weight", 0)):
         if getattr(cfg, key) < low:
             sys.exit(f"train.py: --{key}={getattr(cfg, key)} must be >= {low}")
     for key, high in (("top_p", 1), ("merge_density", 1), ("grad_clip", math.inf),
-                      ("lr", math.inf), ("rl_lr", math.inf)):
+                      ("lr", math.inf), ("rl_lr", math.inf), ("mistakes_lr", math.inf)):
         if not 0 < getattr(cfg, key) <= high:
             sys.exit(f"train.py: --{key}={getattr(cfg, key)} must be "
                      + (f"in (0, {high}]" if high < math.inf else "> 0"))
     if cfg.compare_steps and not re.fullmatch(r"[1-9]\d*,[1-9]\d*,[1-9]\d*", cfg.compare_steps):
         sys.exit(f"train.py: --compare_steps={cfg.compare_steps!r} needs three step counts "
                  "> 0, of alive, scalar and SFT: --compare_steps=177,474,722")
+    if cfg.stage == "mistakes" and not (cfg.steps or cfg.mistakes_steps):
+        sys.exit("train.py: --stage=mistakes needs --steps=N (or --mistakes_steps=N)")
     if cfg.compare_steps and cfg.stage != "compare":
         sys.exit(f"train.py: --compare_steps is for --stage=compare, not --stage={cfg.stage}")
-    if cfg.audits and cfg.judged == "all_wrong":
-        sys.exit("train.py: --audits with --judged=all_wrong: an audit's reward is compared with "
-                 "the judgements of right solutions, which all_wrong does not make")
+    if cfg.audits and cfg.judged != "all":
+        sys.exit(f"train.py: --audits with --judged={cfg.judged}: an audit's reward is compared "
+                 "with the judgements of right solutions, which it does not make")
     if cfg.all_wrong_revisions > 1 and cfg.temperature == 0:
         sys.exit(f"train.py: --all_wrong_revisions={cfg.all_wrong_revisions} with --temperature=0 "
                  "writes the same revision each time; sample (--temperature > 0) or use 1")
@@ -277,17 +288,17 @@ def run_stage(cfg, stage, model_dir, out, steps, step_fn, lr, deadline=None):
 
 
 def lr_factor(cfg, stage, step, steps, state=None):
-    """Linear warm-up, then constant for RL stages and cosine decay to 10% over `steps` for the
-    NLL warm-up (a small model trained by NLL ends clearly lower with the decay). A run that
-    ends at a deadline (`steps` None) has no horizon to decay over and stays constant after its
-    linear warm-up (after a judge-only phase, at `mixed_lr` times the rate, warmed up again).
-    With --judge_first the judge-only phase stays at the peak rate: it ends on the verdict check,
-    not on a horizon, and the comparison clicks only after enough steps at a high rate (decayed
-    over 1,200 steps, seed 0 missed it where 1,325 at the peak did not; docs/findings.md, "A
-    judge-only phase at its peak rate"). The mixed phase then decays over the steps left, peaking
-    at `mixed_lr` times the rate (a rate that makes the comparison click can be too high to go on
+    """Linear warm-up, then constant for RL stages and, for the NLL warm-up and its stage on the
+    model's mistakes, cosine decay to 10% over `steps` (a small model trained by NLL ends clearly
+    lower with it). A run that ends at a deadline (`steps` None) has no horizon and stays constant
+    after its linear warm-up (after a judge-only phase, at `mixed_lr` times the rate, warmed up
+    again). With --judge_first the judge-only phase stays at the peak rate: it ends on the verdict
+    check, not on a horizon, and the comparison clicks only after enough steps at a high rate
+    (decayed over 1,200 steps, seed 0 missed it where 1,325 at the peak did not; docs/findings.md,
+    "A judge-only phase at its peak rate"). The mixed phase then decays over the steps left from
+    `mixed_lr` times the rate (a rate that makes the comparison click can be too high to go on
     learning the other roles at; docs/findings.md, "How the tiny world became learnable")."""
-    scale, decays = 1.0, stage == "warmup" and steps is not None
+    scale, decays = 1.0, stage in ("warmup", "mistakes") and steps is not None
     if stage == "warmup" and cfg.judge_first:
         end = min((state or {}).get("judge_learned", cfg.judge_first), steps or math.inf)
         if step < end:
@@ -338,7 +349,7 @@ def evaluate_dir(model_dir, out_json, cfg, n):
     policy, tok = evaluation.load_for_eval(model_dir)
     generate_fn = evaluation.model_generate_fn(policy, tok, max_new_tokens=cfg.max_new_tokens,
                                                seed=cfg.seed, hints=cfg.hints)
-    report = evaluation.evaluate(generate_fn, n=n, seed=cfg.seed)
+    report = evaluation.evaluate(generate_fn, n=n, seed=cfg.seed, judge_sees=cfg.judge_sees)
     evaluation.write_json(report, out_json)
     return report
 
@@ -349,23 +360,17 @@ def run(cfg):
     rank, world_size, device = M.setup_distributed()
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world_size))
     torch.manual_seed(cfg.seed)
-    rl = cfg.steps or cfg.rl_steps
-    if cfg.stage == "warmup":
-        return run_stage(cfg, "warmup", base_model(cfg), cfg.out,
-                         cfg.steps or cfg.warmup_steps, warmup.warmup_step, cfg.lr)
-    if cfg.stage in ("alive", "domain"):
-        return run_stage(cfg, cfg.stage, base_model(cfg), cfg.out, rl, selfplay.rl_step, cfg.rl_lr)
+    rl = (cfg.rl_steps, selfplay.rl_step, cfg.rl_lr)
+    single = {"warmup": (cfg.warmup_steps, warmup.warmup_step, cfg.lr),
+              "mistakes": (cfg.mistakes_steps, mistakes.mistakes_step, cfg.mistakes_lr),
+              "alive": rl, "domain": rl, "align": rl,
+              "refine": (cfg.refine_steps, selfplay.refine_step, cfg.rl_lr)}
     if cfg.stage == "align":
         cfg.families, cfg.reward = cfg.ability, "scalar"
-        return run_stage(cfg, "align", base_model(cfg), cfg.out, rl, selfplay.rl_step, cfg.rl_lr)
-    if cfg.stage == "refine":
-        return run_stage(cfg, "refine", base_model(cfg), cfg.out,
-                         cfg.steps or cfg.refine_steps, selfplay.refine_step, cfg.rl_lr)
-    if cfg.stage == "compare":
-        return compare(cfg)
-    if cfg.stage == "meta":
-        return meta(cfg)
-    return run_all(cfg)
+    if cfg.stage in single:
+        steps, step_fn, lr = single[cfg.stage]
+        return run_stage(cfg, cfg.stage, base_model(cfg), cfg.out, cfg.steps or steps, step_fn, lr)
+    return {"compare": compare, "meta": meta}.get(cfg.stage, run_all)(cfg)
 
 
 def merge_stage(cfg):
@@ -385,46 +390,50 @@ def merge_stage(cfg):
 
 
 def only_main_goes_on():
-    """Every rank leaves the process group now, and only rank 0 goes on to the single-process
-    work (evaluation). Leaving right after the last collective matters: idle ranks must not
-    wait in a barrier through a long evaluation (a collective times out), and a rank that
-    leaves while a peer still finishes a collective can die of it under gloo."""
+    """Every rank leaves the process group now, only rank 0 goes on to the one-process work
+    (evaluation): idle ranks must not wait in a barrier through a long evaluation (a collective
+    times out), and a rank that leaves while a peer finishes a collective can die under gloo."""
     main = M.is_main()
     M.teardown_distributed()
     return main
 
 
 def run_all(cfg):
-    """warmup -> eval -> alive -> eval, then the before/after table."""
+    """warmup (-> mistakes) -> alive, then the before/after table (<out>/report.md)."""
     warm = run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
                      cfg.warmup_steps, warmup.warmup_step, cfg.lr)
-    alive = run_stage(cfg, "alive", warm, os.path.join(cfg.out, "alive"),
-                      cfg.steps or cfg.rl_steps, selfplay.rl_step, cfg.rl_lr)
-    if not only_main_goes_on():
-        return alive
-    reports = {name: evaluate_dir(path, os.path.join(cfg.out, f"eval_{name}.json"), cfg, cfg.eval_n)
-               for name, path in (("warmup", warm), ("alive", alive))}
-    table = evaluation.comparison_table(reports)
-    with open(os.path.join(cfg.out, "report.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
-    return alive
+    arms = {"warmup": warm, **({"mistakes": on_mistakes(cfg, warm)} if cfg.mistakes_steps else {})}
+    arms["alive"] = run_stage(cfg, "alive", list(arms.values())[-1], os.path.join(cfg.out, "alive"),
+                              cfg.steps or cfg.rl_steps, selfplay.rl_step, cfg.rl_lr)
+    if only_main_goes_on():
+        report_arms(cfg, arms, "report", cfg.eval_n)
+    return arms["alive"]
+
+
+def on_mistakes(cfg, warm):
+    """With --mistakes_steps, `warm` trained on its own mistakes into <out>/mistakes/model."""
+    return warm if not cfg.mistakes_steps else run_stage(
+        cfg, "mistakes", warm, os.path.join(cfg.out, "mistakes"), cfg.mistakes_steps,
+        mistakes.mistakes_step, cfg.mistakes_lr)
 
 
 def shared_warmup(cfg):
-    """The one warm-up every arm starts from: <out>/warmup/model, trained first if missing."""
-    warm = os.path.join(cfg.out, "warmup", "model")
-    if os.path.isdir(warm):
-        return warm
-    return run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
-                     cfg.warmup_steps, warmup.warmup_step, cfg.lr)
+    """{"warmup": <out>/warmup/model} and with --mistakes_steps {"mistakes": <out>/mistakes/model}
+    after it, each trained first if missing: the last is the model every arm starts from."""
+    warm, start = (os.path.join(cfg.out, d, "model") for d in ("warmup", "mistakes"))
+    if not os.path.isdir(warm):
+        warm = run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
+                         cfg.warmup_steps, warmup.warmup_step, cfg.lr)
+    if cfg.mistakes_steps and not os.path.isdir(start):
+        start = on_mistakes(cfg, warm)
+    return {"warmup": warm, **({"mistakes": start} if cfg.mistakes_steps else {})}
 
 
-def report_arms(cfg, arms, name, extra=""):
-    """Every arm evaluated on the same `compare_eval_n` held-out items; <out>/<name>.md (with the
-    `extra` table below, if any), .json."""
-    reports = {arm: evaluate_dir(path, os.path.join(cfg.out, f"eval_{arm}.json"), cfg,
-                                 cfg.compare_eval_n) for arm, path in arms.items()}
+def report_arms(cfg, arms, name, n, extra=""):
+    """Every arm evaluated on the same `n` held-out items; <out>/<name>.md (with the `extra`
+    table below, if any), .json."""
+    reports = {arm: evaluate_dir(path, os.path.join(cfg.out, f"eval_{arm}.json"), cfg, n)
+               for arm, path in arms.items()}
     table = evaluation.comparison_table(reports) + (f"\n\n{extra}" if extra else "")
     with open(os.path.join(cfg.out, f"{name}.md"), "w") as f:
         f.write(table + "\n")
@@ -436,8 +445,8 @@ def report_arms(cfg, arms, name, extra=""):
 def compare(cfg):
     """alive vs --reward=scalar vs SFT control from one warm-up: equal wall time each, or the
     steps --compare_steps gives each."""
-    warm = shared_warmup(cfg)
-    arms = {"warmup": warm}
+    arms = shared_warmup(cfg)
+    warm = list(arms.values())[-1]
     runs = {arm: os.path.join(cfg.out, f"cmp_{arm}") for arm in ("alive", "scalar", "sft")}
     # each arm ends at its deadline (so its step count follows the machine's speed), or after
     # the steps --compare_steps gives it: these stages' rates do not depend on the horizon, so
@@ -459,7 +468,7 @@ def compare(cfg):
         return arms
     extra = curves.budget_line(list(runs.values()), list(runs)) + "\n\n" + curves.group_table(
         [runs["alive"], runs["scalar"]], ["alive", "scalar"], cfg.families.split(","))
-    report_arms(cfg, arms, "compare", extra)
+    report_arms(cfg, arms, "compare", cfg.compare_eval_n, extra)
     curves.plot_curves(list(runs.values()), os.path.join(cfg.out, "compare.png"),
                        labels=list(runs))
     return arms
@@ -468,9 +477,8 @@ def compare(cfg):
 def meta(cfg):
     """Meta-ability alignment from one warm-up: align each of deduction, induction and abduction
     (`rl_steps` each), merge the three (`merge_method`), domain self-play from the merge."""
-    warm = shared_warmup(cfg)
-    steps = cfg.steps or cfg.rl_steps
-    arms = {"warmup": warm}
+    arms = shared_warmup(cfg)
+    warm, steps = list(arms.values())[-1], cfg.steps or cfg.rl_steps
     for ability in tasks.FAMILIES[:3]:
         arms[ability] = run_stage(dataclasses.replace(cfg, families=ability, reward="scalar"),
                                   "align", warm, os.path.join(cfg.out, f"align_{ability}"),
@@ -482,7 +490,7 @@ def meta(cfg):
     arms["domain"] = run_stage(cfg, "domain", arms["merged"], os.path.join(cfg.out, "domain"),
                                steps, selfplay.rl_step, cfg.rl_lr)
     if only_main_goes_on():
-        report_arms(cfg, arms, "meta")
+        report_arms(cfg, arms, "meta", cfg.compare_eval_n)
     return arms
 
 

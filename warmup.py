@@ -55,7 +55,19 @@ def demonstration(rng, tok, cfg, levels, mix):
     if kind == "text":
         return [update.nll_sample(tok, kind, "", raw_document(rng, cfg), cfg)]
     return [update.nll_sample(tok, kind, prompt, completion, cfg)
-            for prompt, completion in roles.demonstrations(rng, family, level, kind)]
+            for prompt, completion in roles.demonstrations(rng, family, level, kind,
+                                                           cfg.judge_sees)]
+
+
+def demonstration_batch(rng, tok, cfg, levels, mix, size):
+    """`size` NLL samples of `demonstration`s."""
+    samples = []
+    while len(samples) < size:
+        drawn = demonstration(rng, tok, cfg, levels, mix)
+        # a pair that does not fit gives one of its halves, either: always the first (the
+        # reference solution) would show the judge more accepts than rejects
+        samples += drawn if len(samples) + len(drawn) <= size else [rng.choice(drawn)]
+    return samples
 
 
 def verdict_token(tok, ids):
@@ -98,12 +110,7 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
     if judge_phase:  # judge pairs of the solver's levels only
         mix = [float(kind == "judge") for kind in roles.DEMO_KINDS]
         levels = dict(levels, judge=levels["solve"])
-    samples, size = [], max(1, M.share(cfg.batch))
-    while len(samples) < size:
-        drawn = demonstration(rng, tok, cfg, levels, mix)
-        # a pair that does not fit gives one of its halves, either: always the first (the
-        # reference solution) would show the judge more accepts than rejects
-        samples += drawn if len(samples) + len(drawn) <= size else [rng.choice(drawn)]
+    samples = demonstration_batch(rng, tok, cfg, levels, mix, max(1, M.share(cfg.batch)))
     if not any(w for kind, w in zip(roles.DEMO_KINDS, mix) if kind != "judge"):
         # judge pairs alone: the token that decides the verdict weighs more (in the role mix
         # the weight cost the tutorial's solver half its accuracy on levels 1-2)
@@ -120,7 +127,7 @@ def warmup_step(policy, optimizer, tok, cfg, step, rank, state):
 
 
 CHECK_EVERY = 100  # warm-up steps between two verdict checks
-VERDICT_CASES = {}  # (tokenizer, families, levels, n, seed, hints) -> (prompt, target, family)s
+VERDICT_CASES = {}  # (tokenizer, families, levels, n, seed, hints, judge_sees) -> cases
 
 
 def verdict_check(policy, tok, cfg, levels, n=64):
@@ -133,11 +140,13 @@ def verdict_check(policy, tok, cfg, levels, n=64):
     to 0.75). Teacher-forced, no sampling; its problems are drawn apart from the evaluation's
     (eval.held_out with their own seed)."""
     families = cfg.families.split(",")
-    key = (tok.name_or_path, len(tok), cfg.families, tuple(levels), n, cfg.seed, cfg.hints)
+    key = (tok.name_or_path, len(tok), cfg.families, tuple(levels), n, cfg.seed, cfg.hints,
+           cfg.judge_sees)
     if key not in VERDICT_CASES:
         cases = []
         for task in evaluation.held_out(families, levels, n, seed=f"verdict-check:{cfg.seed}"):
-            for prompt, critique in roles.judge_pair(task, random.Random(task.prompt)):
+            for prompt, critique in roles.judge_pair(task, random.Random(task.prompt),
+                                                     cfg.judge_sees):
                 ids = tok(critique, add_special_tokens=False)["input_ids"]
                 decisive = verdict_token(tok, ids)
                 rendered = roles.render(tok, prompt, cfg.hints)

@@ -2,8 +2,8 @@
 chain, and what does starting the revision on the critique's fix buy?
 
 For each cell (family, level): `--problems` train problems, `--solutions` samples each at
-temperature 1; every wrong one is critiqued twice, by the model's own judge (sampled, reference
-answer in view) and by the programmatic teacher (tasks.critique), and revised from each
+temperature 1; every wrong one is critiqued twice, by the model's own judge (sampled, its
+reference in view: --judge_sees) and by the programmatic teacher (tasks.critique), and revised from each
 critique twice: asked for the whole revision (the revise prompt cut at its `#revise` marker,
 roles.split_prompt), and started on the critique's fix (the revise prompt as the model is asked
 it: the steps before the flagged one and the corrected step, roles.revision_start). A revision
@@ -14,7 +14,7 @@ judge's pointer (its `Step k`) is the teacher's first wrong step.
 
 Run: python tests/bench_revise.py --model=runs/evidence/warmup/model
         [--cells=induction/3,induction/4,corpus/3] [--problems=40] [--solutions=4] [--seed=1]
-        [--revise_temperature=1.0]
+        [--revise_temperature=1.0] [--judge_sees=answer|solution]
 """
 import argparse
 import json
@@ -60,8 +60,8 @@ def bench_cell(policy, tok, family, level, args, generator):
     right = [evaluation.score(t, x) for t, x in zip(each, texts)]
     wrong = [(t, x) for t, x, r in zip(each, texts, right) if not r]
     solved = {t.prompt for t, r in zip(each, right) if r}
-    own = complete(policy, tok, [roles.judge_prompt(t.prompt, t.answer, x) for t, x in wrong],
-                   1.0, generator)
+    own = complete(policy, tok, [roles.judge_prompt(t.prompt, roles.judge_reference(
+        t, args.judge_sees), x) for t, x in wrong], 1.0, generator)
     teacher = [tasks.critique(t, x) for t, x in wrong]
     row = {"cell": f"{family}/{level}", "wrong": len(wrong), "samples": len(each),
            "all_wrong_problems": len({t.prompt for t in problems} - solved),
@@ -82,6 +82,8 @@ def main():
     parser.add_argument("--problems", type=int, default=40, help="train problems per cell")
     parser.add_argument("--solutions", type=int, default=4, help="samples per problem")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--judge_sees", choices=roles.JUDGE_SEES, default="answer",
+                        help="the judge's reference, as the model was trained (train.py's flag)")
     parser.add_argument("--revise_temperature", type=float, default=1.0,
                         help="revisions' sampling temperature (self-play samples at 1)")
     args = parser.parse_args()

@@ -178,8 +178,8 @@ def test_judge_pose_and_revise_demonstrations_take_their_own_levels(tiny, monkey
                                                                       revise_levels, revised):
     _, tok = M.load(tiny)
     shown, real = [], roles.demonstrations
-    monkeypatch.setattr(roles, "demonstrations", lambda rng, family, level, kind:
-                        shown.append((kind, level)) or real(rng, family, level, kind))
+    monkeypatch.setattr(roles, "demonstrations", lambda rng, family, level, kind, sees:
+                        shown.append((kind, level)) or real(rng, family, level, kind, sees))
     cfg = train.parse_args(["--demo_levels=1", "--judge_levels=4,5",
                             f"--revise_levels={revise_levels}"])
     rng, (levels, mix) = random.Random(0), warmup.demo_settings(cfg)
