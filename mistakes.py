@@ -21,7 +21,8 @@ on its own errors"). This stage shows the teacher at work on the model's own sol
                 reference's (else no reference completes it), and never abduction: with its own
                 errors' revise demonstrations, the solver learned to pick the wrong cause (0.12-0.18
                 at levels 3 and up, below a uniform guess's 0.36; findings);
-     one optimizer step a batch (update.train_on), the rate decaying as in the warm-up.
+     so 1.25 x batch samples a step, one optimizer step (update.train_on), the rate decaying as
+     in the warm-up.
 
 Simplifications: the pool is sampled once, from the model the stage starts from, so late in the
 stage its solutions are no longer quite the policy's; its texts sit in the resumable state, so a
@@ -76,11 +77,12 @@ def revise_demo(task, wrong):
 
 
 @functools.lru_cache(maxsize=1)
-def sorted_pool(seed, families, texts):
+def split_pool(seed, families, texts):
     """(right, wrong, revise demonstrations) of the pool: once per process, not per step."""
     pool = list(zip(pool_problems(seed, families, len(texts)), texts))
-    right = [(t, x) for t, x in pool if evaluation.score(t, x)]
-    wrong = [(t, x) for t, x in pool if not evaluation.score(t, x)]
+    scores = [evaluation.score(t, x) for t, x in pool]
+    right = [item for item, score in zip(pool, scores) if score]
+    wrong = [item for item, score in zip(pool, scores) if not score]
     fixes = [demo for t, x in wrong if t.family not in NO_REVISE_DEMOS
              for demo in [revise_demo(t, x)] if demo]
     return right, wrong, fixes
@@ -93,12 +95,15 @@ def mistakes_step(policy, optimizer, tok, cfg, step, rank, state):
         policy.eval()
         state["mistakes"] = own_solutions(policy, tok, cfg, gen)
         policy.train()
-    right, wrong, fixes = sorted_pool(cfg.seed, cfg.families, tuple(state["mistakes"]))
+    right, wrong, fixes = split_pool(cfg.seed, cfg.families, tuple(state["mistakes"]))
     levels, mix = warmup.demo_settings(cfg)
-    samples = warmup.demonstration_batch(rng, tok, cfg, levels, mix, M.share(cfg.batch // 2))
-    judged = M.share(cfg.batch // 2)
-    for k in range(judged):
-        task, text = rng.choice((right if k < judged // 4 else wrong) or right or wrong)
+    samples = warmup.demonstration_batch(rng, tok, cfg, levels, mix,
+                                         max(1, M.share(cfg.batch // 2)))
+    # a quarter of the critiques are of right solutions, counted over all ranks (per rank, a
+    # share of 3 or fewer would round it to none: a judge that only ever rejects)
+    n_right = M.share(cfg.batch // 2 // 4)
+    for k in range(n_right + M.share(cfg.batch // 2 - cfg.batch // 2 // 4)):
+        task, text = rng.choice((right if k < n_right else wrong) or right or wrong)
         prompt = roles.judge_prompt(task.prompt, roles.judge_reference(task, cfg.judge_sees), text)
         samples.append(update.nll_sample(tok, "judge", prompt, tasks.critique(task, text), cfg))
     for _ in range(M.share(cfg.batch // 4) if fixes else 0):

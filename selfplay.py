@@ -4,7 +4,8 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
   1. pose: `posings` problems per seed; the environment (tasks.validate) decides validity
      and computes the answer, so the poser cannot pose what it cannot check;
   2. solve: `solutions` samples per valid problem and per `environment` task of the seed;
-  3. judge: each solution critiqued in words, the reference answer in view, its verdict parsed
+  3. judge: each solution critiqued in words, the reference in view (its answer; --judge_sees=
+     solution: its steps too, roles.judge_reference), its verdict parsed
      and its pointer to the first wrong step kept where the steps before it are right;
   4. revise: each solution the judge did not accept (`all_wrong_revisions` times when none of
      its problem's solutions is right: the verifier gives no signal there), conditioned on its
@@ -20,13 +21,14 @@ One `rl_step` of alive (--reward=verbal), on `seeds` (family, curriculum level) 
 --judged=all_wrong spends words only where the verifier is silent: steps 3 and 4 take only the
 solutions of problems none of whose solutions is right (each revised, whatever its verdict), and
 every solver reward is the verifier's (alpha is 1); --judged=one_all_wrong takes only the first
-solution of each such problem, a quarter of the judge's and reviser's calls at N = 4 (one
-critique and one revision a group: their own groups of one give them no advantage, so the judge
-learns from its anchor alone and the reviser not at all; the solver learns from the rescues).
---critic=teacher hands the reviser the
-programmatic teacher's critique in place of the judge's (an oracle ablation: the most the words
-could give; the judge's critique is still sampled, costs its time and is rewarded as before,
-the gains of the revisions made from the teacher's words included).
+solution of each such problem, a quarter of the judge's and reviser's calls at N = 4 (with
+all_wrong_revisions 1, one critique and one revision a group: their own groups of one give them no
+advantage, so the judge learns from its anchor alone and the reviser not at all; the solver learns
+from the rescues).
+--critic=teacher hands the reviser the programmatic teacher's critique in place of the judge's
+(an oracle ablation: the most the words could give; the judge's critique is still sampled, costs
+its time and is rewarded as before, the gains of the revisions made from the teacher's words
+included).
 The curriculum judges a family once at least 16 of its solutions at its level have gathered:
 their solve rate above --promote raises the level, below --demote lowers it. Each step also logs,
 per family, its groups with no right solution and how many of those a revision rescued.
@@ -139,7 +141,7 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
         for _ in range(max(cfg.environment, int(none_valid))):
             posings.append(R.Posing(family, task=tasks.sample(family, level, rng, "train")))
     problems = [p for p in posings if p.task is not None]
-    # 2. solve: N solutions per problem; 3. judge each in words, the reference answer in view
+    # 2. solve: N solutions per problem; 3. judge each in words, the reference in view
     # (--judged=all_wrong: only those of problems none of whose solutions the verifier finds
     # right, the others learning from the verifier alone as in GRPO; one_all_wrong: the first of
     # each such problem's solutions)
@@ -155,8 +157,9 @@ def alive_rollouts(policy, tok, cfg, plan, rng, gen, step):
                ((tasks.solve(p.task), 1.0), (tasks.corrupt(p.task, rng)[0], 0.0))]
     judged = [(each[k], sols[k].text) for k in to_judge] + [(p, text) for p, text, _ in audited]
     # every rank asks, even with nothing to judge: a rollout's all-gather is a collective
-    judge_prompts = [roles.judge_prompt(p.task.prompt, roles.judge_reference(p.task, cfg.judge_sees),
-                                        text) for p, text in judged]
+    judge_prompts = [roles.judge_prompt(p.task.prompt,
+                                        roles.judge_reference(p.task, cfg.judge_sees), text)
+                     for p, text in judged]
     critiques = sample_texts(policy, tok, judge_prompts, cfg, gen)
     for (p, _, truth), c in zip(audited, critiques[len(to_judge):]):
         p.audits.append((c, roles.parse_verdict(c.text), truth))

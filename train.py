@@ -411,10 +411,9 @@ def run_all(cfg):
 
 
 def on_mistakes(cfg, warm):
-    """With --mistakes_steps, `warm` trained on its own mistakes into <out>/mistakes/model."""
-    return warm if not cfg.mistakes_steps else run_stage(
-        cfg, "mistakes", warm, os.path.join(cfg.out, "mistakes"), cfg.mistakes_steps,
-        mistakes.mistakes_step, cfg.mistakes_lr)
+    """`warm` trained --mistakes_steps steps on its own mistakes, into <out>/mistakes/model."""
+    return run_stage(cfg, "mistakes", warm, os.path.join(cfg.out, "mistakes"), cfg.mistakes_steps,
+                     mistakes.mistakes_step, cfg.mistakes_lr)
 
 
 def shared_warmup(cfg):

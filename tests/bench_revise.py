@@ -3,14 +3,14 @@ chain, and what does starting the revision on the critique's fix buy?
 
 For each cell (family, level): `--problems` train problems, `--solutions` samples each at
 temperature 1; every wrong one is critiqued twice, by the model's own judge (sampled, its
-reference in view: --judge_sees) and by the programmatic teacher (tasks.critique), and revised from each
-critique twice: asked for the whole revision (the revise prompt cut at its `#revise` marker,
-roles.split_prompt), and started on the critique's fix (the revise prompt as the model is asked
-it: the steps before the flagged one and the corrected step, roles.revision_start). A revision
-counts when the whole chain is the reference's (tasks.faithful). Also counted: problems none of
-whose samples was right, and how many of those got at least one faithful revision: that is
-where plain GRPO has nothing to learn from and a revision is the only signal, and how often the
-judge's pointer (its `Step k`) is the teacher's first wrong step.
+reference in view: --judge_sees) and by the programmatic teacher (tasks.critique), and revised
+from each critique twice: asked for the whole revision (the revise prompt cut at its `#revise`
+marker, roles.split_prompt), and started on the critique's fix (the revise prompt as the model
+is asked it: the steps before the flagged one and the corrected step, roles.revision_start). A
+revision counts when the whole chain is the reference's (tasks.faithful). Also counted:
+problems none of whose samples was right, and how many of those got at least one faithful
+revision: that is where plain GRPO has nothing to learn from and a revision is the only signal,
+and how often the judge's pointer (its `Step k`) is the teacher's first wrong step.
 
 Run: python tests/bench_revise.py --model=runs/evidence/warmup/model
         [--cells=induction/3,induction/4,corpus/3] [--problems=40] [--solutions=4] [--seed=1]
