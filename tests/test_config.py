@@ -51,7 +51,12 @@ def test_bad_input_gives_one_clear_line(args, message, tmp_path):
     ("--compare_steps=1,2,3", "--compare_steps is for --stage=compare, not --stage=all"),
     ("--all_wrong_revisions=2 --temperature=0", "writes the same revision each time"),
     ("--audits --judged=all_wrong", "--audits with --judged=all_wrong"),  # audits never trained
-    ("--judged=some", "--judged='some'; valid: all, all_wrong"),
+    ("--audits --judged=one_all_wrong", "--audits with --judged=one_all_wrong"),
+    ("--judged=some", "--judged='some'; valid: all, all_wrong, one_all_wrong"),
+    ("--judge_sees=steps", "--judge_sees='steps'; valid: answer, solution"),
+    ("--stage=mistakes", "--stage=mistakes needs --steps=N (or --mistakes_steps=N)"),
+    ("--mistakes_pool=0", "--mistakes_pool=0 must be >= 1"),  # rng.choice of an empty pool
+    ("--mistakes_lr=0", "--mistakes_lr=0.0 must be > 0"),
     ("--critic=oracle", "--critic='oracle'; valid: judge, teacher"),
 ])
 def test_out_of_range_values_are_refused_by_name(arg, message):

@@ -172,6 +172,22 @@ def test_judge_slips_split_by_where_they_are():
         assert critic[key]["mean"] == 1.0
 
 
+def test_the_judge_reads_the_reference_solution_with_judge_sees_solution():
+    """Every judge prompt, held-out judgements and self-correction alike, holds the whole
+    reference solution; the report says which reference the judge read."""
+    known, prompts = known_items(**SMALL), []
+    play = double(known)
+
+    def recording(batch, temperature):
+        prompts.extend(batch)
+        return play(batch, temperature)
+    report = ev.evaluate(recording, **SMALL, judge_sees="solution")
+    judged = [sections(p) for p in prompts if roles.role_of(p) == "judge"]
+    assert len(judged) == 2 * SMALL["n_judge"] + SMALL["n_judge"]  # pairs, then its own
+    assert all(s["reference"] == tasks.solve(known[s["problem"]]) for s in judged)
+    assert report["config"]["judge_sees"] == "solution" and report["judge_agreement"] == 1.0
+
+
 def test_unparsable_verdict_counts_as_disagreement():
     report = ev.evaluate(double(known_items(**SMALL), judge="maybe"), **SMALL)
     assert report["judge_agreement"] == 0.0 and report["judge"]["unparsed"]["mean"] == 1.0

@@ -352,3 +352,22 @@ def test_judge_demonstrations_are_contrastive_pairs():
             assert got == want == want_too != slip
             for kind in ("solve", "revise", "pose"):
                 assert len(roles.demonstrations(rng, family, level, kind)) == 1
+
+
+def test_the_judge_reads_the_answer_or_the_whole_reference_solution():
+    """judge_reference: the answer by default; with "solution" every reference step and the
+    Answer line, in judge pairs too; a task without steps (a JSONL item) has its answer alone."""
+    rng = random.Random(3)
+    for family in tasks.FAMILIES:
+        task = tasks.sample(family, 3, rng, "train")
+        assert roles.judge_reference(task) == task.answer
+        assert roles.judge_reference(task, "solution") == tasks.solve(task)
+        pair = roles.judge_pair(task, random.Random(1), "solution")
+        assert [p for p, _ in pair] == [roles.judge_prompt(task.prompt, tasks.solve(task), s)
+                                        for s in (tasks.solve(task),
+                                                  tasks.corrupt(task, random.Random(1))[0])]
+        assert [c for _, c in pair] == [c for _, c in roles.judge_pair(task, random.Random(1))]
+    bare = tasks.Task("jsonl", 0, "2+3?", "5")
+    assert roles.judge_reference(bare, "solution") == "5"
+    with pytest.raises(ValueError, match="judge sees one of"):
+        roles.judge_reference(bare, "steps")

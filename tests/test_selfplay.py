@@ -433,3 +433,34 @@ def test_judged_all_wrong_spends_words_only_where_the_verifier_is_silent(tiny, m
     assert stats["judge_agreement"] == [0.0] * 8 and stats["reward/revise"] == [1.0] * 8
     assert stats["reward/solve"] == [0.0] * 8  # the verdict "correct" earns a wrong one nothing
     assert sum(s.role == "corrected" for s in samples) == 8
+
+
+def test_judged_one_all_wrong_revises_one_solution_a_group_from_the_reference_solution(
+        tiny, monkeypatch):
+    """--judged=one_all_wrong: only the first solution of a problem with none right is judged
+    and revised; its rescue joins the group; a critique or revision alone in its group earns no
+    advantage, so only the poser and the solver are trained. --judge_sees=solution: the judge's
+    prompt holds the whole reference solution."""
+    policy, tok = M.load(tiny)
+    plan = [("deduction", 1), ("induction", 2)]
+    cfg = train.parse_args(["--families=deduction,induction", "--seeds=2", "--posings=2",
+                            "--solutions=2", "--environment=0", "--judged=one_all_wrong",
+                            "--judge_sees=solution"])
+    scripted, written = scripted_roles(tok, monkeypatch, wrong=True), []
+    monkeypatch.setattr(selfplay, "sample_texts",
+                        judge_says(scripted, tok, "Verdict: correct", written))
+    samples, stats, groups, _ = selfplay.alive_rollouts(policy, tok, cfg, plan, random.Random(0),
+                                                        None, step=0)
+    solved = [p for p in scripted.prompts if roles.role_of(p) == "solve"]
+    judged = [p for p in scripted.prompts if roles.role_of(p) == "judge"]
+    assert len(solved) == 8 and len(judged) == 4 and [roles.role_of(p) for p in
+                                                      scripted.prompts].count("revise") == 4
+    problems = [scripted.environment[p.split("#problem\n", 1)[1].split("\n#", 1)[0]]
+                for p in solved[::2]]
+    assert judged == [roles.judge_prompt(t.prompt, tasks.solve(t), text)  # every step in view
+                      for t, text in zip(problems, written[::2])]
+    assert [g.accepted for g in groups] == [[True, None]] * 4
+    assert stats["reward/solve"] == [0.0] * 8 and stats["reward/revise"] == [1.0] * 4
+    assert sum(s.role == "corrected" for s in samples) == 4  # each rescue joins its group
+    # no judge or reviser sample (one a group), no poser's (every p_hat is 0: reward 0 each)
+    assert {s.role for s in samples} == {"solve", "corrected"}

@@ -22,7 +22,7 @@ import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--max_new_tokens=24", "--seeds=2", "--posings=2", "--solutions=2", "--batch=8",
-        "--eval_n=8", "--save_every=1"]
+        "--eval_n=8", "--save_every=1", "--mistakes_pool=8"]
 
 
 def run(*args):
@@ -86,7 +86,7 @@ def test_resume_repeats_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
         if meta["step"] == 3:
             raise RuntimeError("simulated crash")
         return save_state(policy, optimizer, path, meta)
-    for stage in ("warmup", "alive"):
+    for stage in ("warmup", "mistakes", "alive"):  # mistakes: its pool in the saved state
         run(f"--stage={stage}", f"--model={tiny}", f"--out={straight}/{stage}", "--steps=4")
         monkeypatch.setattr(merging, "save_state", crash_saving_step_3)
         with pytest.raises(RuntimeError, match="simulated crash"):
@@ -127,6 +127,8 @@ def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(tiny, tmp_path)
 @pytest.mark.parametrize("stage, args, run_dir", [
     ("alive", ["--steps=2", "--checkpointing=on"], ""),
     ("refine", ["--steps=2"], ""),
+    ("mistakes", ["--steps=2"], ""),  # each rank solves a share of the pool, gathered
+    ("alive", ["--steps=2", "--judged=one_all_wrong", "--judge_sees=solution"], ""),
     ("all", ["--warmup_steps=2", "--rl_steps=2"], "alive"),  # ranks leave, rank 0 evaluates
 ])
 def test_torchrun_two_ranks(tiny, tmp_path, stage, args, run_dir):
@@ -146,12 +148,16 @@ def test_torchrun_two_ranks(tiny, tmp_path, stage, args, run_dir):
     assert all(torch.isfinite(p).all() for p in policy.parameters())
     if stage == "all":
         assert "| metric | warmup | alive |" in open(os.path.join(out, "report.md")).read()
-    if stage == "alive":
+    if stage == "mistakes":  # every rank holds the whole pool, saved for a resume
+        with open(os.path.join(out, "state", "meta.json")) as f:
+            pool = json.load(f)["state"]["mistakes"]
+        assert len(pool) == 8 and all(isinstance(text, str) for text in pool)
+    if "--checkpointing=on" in args:  # the FSDP2 checkpoint, resumed in one process
         run("--stage=alive", f"--model={tiny}", f"--out={out}", "--steps=3", "--resume")
         assert [x["step"] for x in lines(os.path.join(out, "metrics.jsonl"))] == [0, 1, 2]
 
 
-def test_all_compare_and_meta_write_their_tables(tiny, tmp_path):
+def test_all_compare_and_meta_write_their_tables(tiny, tmp_path, capsys):
     out = str(tmp_path / "pipeline")
     run("--stage=all", f"--model={tiny}", f"--out={out}", "--warmup_steps=2", "--rl_steps=1")
     table = open(os.path.join(out, "report.md")).read()
@@ -179,6 +185,18 @@ def test_all_compare_and_meta_write_their_tables(tiny, tmp_path):
         assert [len(lines(os.path.join(again, f"cmp_{arm}", "metrics.jsonl")))
                 for arm in ("alive", "scalar", "sft")] == [int(n) for n in steps.split(",")]
         assert f"--compare_steps={steps}" in open(os.path.join(again, "compare.md")).read()
+    # --mistakes_steps: the stage on the warm-up's own mistakes, then every arm from its model
+    again = str(tmp_path / "mistakes")
+    shutil.copytree(os.path.join(out, "warmup"), os.path.join(again, "warmup"))
+    run("--stage=compare", f"--out={again}", "--compare_steps=1,1,1", "--compare_eval_n=8",
+        "--mistakes_steps=2")
+    assert list(json.load(open(os.path.join(again, "compare.json")))) == [
+        "warmup", "mistakes", "alive", "scalar", "sft"]
+    assert len(lines(os.path.join(again, "mistakes", "metrics.jsonl"))) == 2
+    printed = capsys.readouterr().out
+    assert "| metric | warmup | mistakes | alive | scalar | sft |" in printed
+    assert all(f"[{stage}] {again}/mistakes/model -> {again}/cmp_{arm}" in printed
+               for stage, arm in (("alive", "alive"), ("alive", "scalar"), ("sft", "sft")))
     for arm in ("alive", "scalar", "sft"):  # the timed arms, step for step
         timed, fixed = (weights(os.path.join(d, f"cmp_{arm}", "model"))
                         for d in (out, str(tmp_path / "1_1_1")))
