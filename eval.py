@@ -275,9 +275,10 @@ def evaluate(generate_fn, families=tasks.FAMILIES, levels=tasks.LEVELS, n=None, 
         lap(f"pose ({n_pose} posings)")
     table = solver["greedy"]
     return {
-        # the contract's accuracy layout: {"overall": p, <family>: p, ...}
-        **{key: {"overall": table["overall"][k], **{f: s[k] for f, s in table["family"].items()}}
-           for key, k in (("accuracy", "mean"), ("accuracy_se", "se"))}, "n": len(items),
+        "n": len(items), "accuracy": {"overall": table["overall"]["mean"],  # the contract's layout
+                                      **{f: s["mean"] for f, s in table["family"].items()}},
+        "accuracy_se": {"overall": table["overall"]["se"],
+                        **{f: s["se"] for f, s in table["family"].items()}},
         "accuracy_by_level": {lv: s["mean"] for lv, s in table["level"].items()},
         "accuracy_by_level_se": {lv: s["se"] for lv, s in table["level"].items()},
         "judge_agreement": judge["agreement"]["overall"]["mean"] if judge else None,
@@ -469,8 +470,8 @@ def main(argv=None):
         status = 0
         if args.plot:
             runs = [r for r in args.plot.split(",") if r]
-            folder = runs[0] if os.path.isdir(runs[0]) else os.path.dirname(
-                os.path.abspath(runs[0]))
+            first = runs[0]
+            folder = first if os.path.isdir(first) else os.path.dirname(os.path.abspath(first))
             drawn = curves.plot_curves(runs, os.path.join(folder, "curves.png"))
             print(f"curves: {drawn}" if drawn else "curves: not drawn")
             status = 0 if drawn else 1

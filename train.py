@@ -400,32 +400,27 @@ def only_main_goes_on():
 
 def run_all(cfg):
     """warmup (-> mistakes) -> alive, then the before/after table (<out>/report.md)."""
-    warm = run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
-                     cfg.warmup_steps, warmup.warmup_step, cfg.lr)
-    arms = {"warmup": warm, **({"mistakes": on_mistakes(cfg, warm)} if cfg.mistakes_steps else {})}
-    arms["alive"] = run_stage(cfg, "alive", list(arms.values())[-1], os.path.join(cfg.out, "alive"),
+    arms, start = warm_start(cfg, reuse=False)
+    arms["alive"] = run_stage(cfg, "alive", start, os.path.join(cfg.out, "alive"),
                               cfg.steps or cfg.rl_steps, selfplay.rl_step, cfg.rl_lr)
     if only_main_goes_on():
         report_arms(cfg, arms, "report", cfg.eval_n)
     return arms["alive"]
 
 
-def on_mistakes(cfg, warm):
-    """`warm` trained --mistakes_steps steps on its own mistakes, into <out>/mistakes/model."""
-    return run_stage(cfg, "mistakes", warm, os.path.join(cfg.out, "mistakes"), cfg.mistakes_steps,
-                     mistakes.mistakes_step, cfg.mistakes_lr)
-
-
-def shared_warmup(cfg):
-    """{"warmup": <out>/warmup/model} and with --mistakes_steps {"mistakes": <out>/mistakes/model}
-    after it, each trained first if missing: the last is the model every arm starts from."""
-    warm, start = (os.path.join(cfg.out, d, "model") for d in ("warmup", "mistakes"))
-    if not os.path.isdir(warm):
-        warm = run_stage(cfg, "warmup", base_model(cfg), os.path.join(cfg.out, "warmup"),
-                         cfg.warmup_steps, warmup.warmup_step, cfg.lr)
-    if cfg.mistakes_steps and not os.path.isdir(start):
-        start = on_mistakes(cfg, warm)
-    return {"warmup": warm, **({"mistakes": start} if cfg.mistakes_steps else {})}
+def warm_start(cfg, reuse):
+    """({"warmup": <out>/warmup/model, with --mistakes_steps "mistakes": <out>/mistakes/model},
+    the last of them: the model every arm starts from). With `reuse` (compare and meta, whose
+    comparisons share one warm-up) a stage whose model is already there is not trained again."""
+    stages = [("warmup", cfg.warmup_steps, warmup.warmup_step, cfg.lr)]
+    if cfg.mistakes_steps:
+        stages.append(("mistakes", cfg.mistakes_steps, mistakes.mistakes_step, cfg.mistakes_lr))
+    arms, start = {}, None
+    for name, steps, step_fn, lr in stages:
+        done = os.path.join(cfg.out, name, "model")
+        start = arms[name] = done if reuse and os.path.isdir(done) else run_stage(
+            cfg, name, start or base_model(cfg), os.path.join(cfg.out, name), steps, step_fn, lr)
+    return arms, start
 
 
 def report_arms(cfg, arms, name, n, extra=""):
@@ -444,8 +439,7 @@ def report_arms(cfg, arms, name, n, extra=""):
 def compare(cfg):
     """alive vs --reward=scalar vs SFT control from one warm-up: equal wall time each, or the
     steps --compare_steps gives each."""
-    arms = shared_warmup(cfg)
-    warm = list(arms.values())[-1]
+    arms, warm = warm_start(cfg, reuse=True)
     runs = {arm: os.path.join(cfg.out, f"cmp_{arm}") for arm in ("alive", "scalar", "sft")}
     # each arm ends at its deadline (so its step count follows the machine's speed), or after
     # the steps --compare_steps gives it: these stages' rates do not depend on the horizon, so
@@ -476,8 +470,8 @@ def compare(cfg):
 def meta(cfg):
     """Meta-ability alignment from one warm-up: align each of deduction, induction and abduction
     (`rl_steps` each), merge the three (`merge_method`), domain self-play from the merge."""
-    arms = shared_warmup(cfg)
-    warm, steps = list(arms.values())[-1], cfg.steps or cfg.rl_steps
+    arms, warm = warm_start(cfg, reuse=True)
+    steps = cfg.steps or cfg.rl_steps
     for ability in tasks.FAMILIES[:3]:
         arms[ability] = run_stage(dataclasses.replace(cfg, families=ability, reward="scalar"),
                                   "align", warm, os.path.join(cfg.out, f"align_{ability}"),
